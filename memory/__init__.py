@@ -1,0 +1,53 @@
+"""memory-bot's memory library: durable per-user contexts and semantic memories.
+
+Only the names in ``__all__`` are public; the bot and the admin CLI use nothing else.
+"""
+
+from memory.context import Exchange, UserContext
+from memory.encoder import Encoder, HashingEncoder
+from memory.errors import (
+    ConfigError,
+    DataDirLockedError,
+    EncoderError,
+    IndexCorruptError,
+    InvalidInputError,
+    LockOrderError,
+    MemoryBotError,
+    MemoryNotFoundError,
+    SnapshotCorruptError,
+    StorageError,
+    SystemClosedError,
+    UserNotFoundError,
+    VersionNotFoundError,
+)
+from memory.records import HistoryEntry, Memory, ScoredMemory
+from memory.recovery import StartupReport
+from memory.settings import Settings, load_settings
+from memory.system import MemorySystem
+
+__all__ = [
+    "ConfigError",
+    "DataDirLockedError",
+    "Encoder",
+    "EncoderError",
+    "Exchange",
+    "HashingEncoder",
+    "HistoryEntry",
+    "IndexCorruptError",
+    "InvalidInputError",
+    "LockOrderError",
+    "Memory",
+    "MemoryBotError",
+    "MemoryNotFoundError",
+    "MemorySystem",
+    "ScoredMemory",
+    "Settings",
+    "SnapshotCorruptError",
+    "StartupReport",
+    "StorageError",
+    "SystemClosedError",
+    "UserContext",
+    "UserNotFoundError",
+    "VersionNotFoundError",
+    "load_settings",
+]

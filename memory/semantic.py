@@ -1,0 +1,290 @@
+"""Semantic memory: write-behind embedding, the per-user FAISS index, and hybrid retrieval.
+
+A memory's text is committed first (the lexical ranker finds it at once); its embedding is
+made just after, in batches, so writes are not bound by the model's speed. A retrieve for a
+user first waits until that user's pending embeddings are indexed: read your own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from memory.encoder import Encoder, Vectors, build_encoder
+from memory.errors import EncoderError, IndexCorruptError, StorageError
+from memory.index import PerUserIndex
+from memory.locks import LockLevel, OrderedLock
+from memory.records import Memory, ScoredMemory
+from memory.recovery import StartupReport
+from memory.retrieval import FusionWeights, fts_query, fuse, recency_factor
+from memory.settings import Settings
+from memory.store import SqliteStore, embedding_statement
+from memory.workers import SingleThreadWorker
+
+log = logging.getLogger(__name__)
+INDEX_SAVE_INTERVAL = 30.0
+
+
+def embedding_text(memory: Memory) -> str:
+    """What the model sees of a memory."""
+    return memory.text
+
+
+def lexical_body(memory: Memory) -> str:
+    """What FTS5 indexes of a memory."""
+    return memory.text
+
+
+class SemanticMemory:
+    def __init__(self, settings: Settings, store: SqliteStore, index_path: Path, encoder: Encoder | None) -> None:
+        self._settings = settings
+        self._store = store
+        self._index_path = index_path
+        self._encoder: Encoder | None = encoder
+        self._owns_encoder = encoder is None
+        self._faiss = SingleThreadWorker("memory-bot-faiss")
+        self._index_lock = OrderedLock(LockLevel.INDEX)
+        self._index: PerUserIndex | None = None
+        self._pending: deque[Memory] = deque()
+        self._live: set[int] = set()
+        self._pending_by_user: dict[str, int] = {}
+        self._work = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._embed_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._index_dirty = False
+        self._last_index_save = time.monotonic()
+        self.embedded = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, report: StartupReport) -> None:
+        if self._encoder is None:
+            self._encoder = await build_encoder(self._settings.encoder, self._index_path.parent)
+        encoder = self._encoder
+        await self._check_model(encoder, report)
+        self._index = await self._open_index(encoder, report)
+        pending = await self._store.unembedded()
+        report.embeddings_pending = len(pending)
+        self.committed(pending)
+        self._task = asyncio.create_task(self._embed_loop(), name="memory-bot embedder")
+
+    async def _check_model(self, encoder: Encoder, report: StartupReport) -> None:
+        stored = await self._store.get_meta("embedding_model")
+        if stored == encoder.name:
+            return
+        if stored is not None:
+            note = f"embedding model changed from {stored} to {encoder.name}: re-embedding every memory"
+            report.notes.append(note)
+            log.warning(note)
+        await self._store.commit(self._store.model_change_statements(encoder.name))
+
+    async def _open_index(self, encoder: Encoder, report: StartupReport) -> PerUserIndex:
+        owners = dict(await self._store.embedded_ids())
+        reason = "no index file"
+        if self._index_path.exists():
+            try:
+                index = await self._faiss.run(PerUserIndex.load, self._index_path, owners, encoder.name)
+            except IndexCorruptError as exc:
+                reason = str(exc)
+                log.warning("%s; rebuilding it from the embeddings in SQLite", exc)
+            else:
+                missing = [mid for mid in owners if index.owner(mid) is None]
+                await self._add_stored(index, missing)
+                report.index_action = f"loaded {len(index)} vectors" + (
+                    f", caught up {len(missing)} from SQLite" if missing else ""
+                )
+                self._index_dirty = bool(missing)
+                return index
+        index = PerUserIndex(encoder.dim, encoder.name)
+        await self._add_stored(index, list(owners))
+        report.index_action = f"rebuilt from {len(owners)} stored embeddings ({reason})"
+        self._index_dirty = True
+        return index
+
+    async def _add_stored(self, index: PerUserIndex, ids: list[int]) -> None:
+        chunk = 10_000
+        for start in range(0, len(ids), chunk):
+            rows = await self._store.embeddings_for(ids[start : start + chunk])
+            by_user: dict[str, list[tuple[int, bytes]]] = {}
+            for mid, uid, blob in rows:
+                by_user.setdefault(uid, []).append((mid, blob))
+            for uid, items in by_user.items():
+                vectors = np.vstack([np.frombuffer(b, dtype=np.float32) for _, b in items])
+                await self._faiss.run(index.add, uid, [m for m, _ in items], vectors)
+
+    async def close(self) -> None:
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+        try:
+            if self._index is not None and self._index_dirty:
+                await self.save_index()
+        finally:
+            self._faiss.close()
+            if self._owns_encoder and self._encoder is not None:
+                await self._encoder.close()
+
+    async def save_index(self) -> None:
+        index = self._index
+        if index is None:
+            return
+        async with self._index_lock:
+            self._index_dirty = False
+            self._last_index_save = time.monotonic()
+            try:
+                await self._faiss.run(index.save, self._index_path)
+            except StorageError:
+                self._index_dirty = True
+                raise
+
+    # -- write-behind embedding --------------------------------------------------------------
+
+    def committed(self, memories: Sequence[Memory]) -> None:
+        """Queue freshly committed memories for embedding."""
+        for memory in memories:
+            self._pending.append(memory)
+            self._live.add(memory.id)
+            self._pending_by_user[memory.user_id] = self._pending_by_user.get(memory.user_id, 0) + 1
+        if memories:
+            self._work.set()
+
+    async def _embed_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            if not self._pending:
+                self._work.clear()
+                await self._maybe_save_index()
+                waits = {asyncio.ensure_future(self._work.wait()), asyncio.ensure_future(self._stopping.wait())}
+                await asyncio.wait(waits, timeout=INDEX_SAVE_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+            if self._stopping.is_set():
+                return
+            if not self._pending:
+                continue
+            size = self._settings.retrieval.embed_batch
+            batch = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
+            try:
+                await self._embed(batch)
+            except (EncoderError, StorageError) as exc:
+                self._embed_error = str(exc)
+                log.error("embedding %d memories failed, retrying in %.1f s: %s", len(batch), backoff, exc)
+                self._pending.extendleft(reversed(batch))
+                self._notify()
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                except TimeoutError:
+                    backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            self._embed_error = None
+            for memory in batch:
+                left = self._pending_by_user[memory.user_id] - 1
+                if left:
+                    self._pending_by_user[memory.user_id] = left
+                else:
+                    del self._pending_by_user[memory.user_id]
+            self._notify()
+
+    async def _embed(self, batch: list[Memory]) -> None:
+        assert self._encoder is not None and self._index is not None
+        vectors = await self._encoder.encode([embedding_text(m) for m in batch])
+        async with self._index_lock:
+            rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+            if rows:
+                await self._store.commit([embedding_statement(m.id, v.tobytes()) for m, v in rows])
+                await self._faiss.run(self._add_rows, self._index, rows)
+                self._index_dirty = True
+            self._live.difference_update(m.id for m in batch)
+            self.embedded += len(rows)
+
+    @staticmethod
+    def _add_rows(index: PerUserIndex, rows: list[tuple[Memory, Vectors]]) -> None:
+        by_user: dict[str, list[tuple[Memory, Vectors]]] = {}
+        for memory, vector in rows:
+            by_user.setdefault(memory.user_id, []).append((memory, vector))
+        for uid, items in by_user.items():
+            index.add(uid, [m.id for m, _ in items], np.vstack([v for _, v in items]))
+
+    def _notify(self) -> None:
+        done, self._progress = self._progress, asyncio.Event()
+        done.set()
+
+    async def _maybe_save_index(self) -> None:
+        if self._index_dirty and time.monotonic() - self._last_index_save >= INDEX_SAVE_INTERVAL:
+            try:
+                await self.save_index()
+            except StorageError as exc:
+                log.error("saving the index failed (it is rebuilt from SQLite on start): %s", exc)
+
+    async def wait_indexed(self, user_id: str) -> None:
+        """Until the user's committed memories are searchable (or the embedder is failing)."""
+        while self._pending_by_user.get(user_id) and self._embed_error is None and not self._stopping.is_set():
+            await self._progress.wait()
+
+    async def forget(self, ids: Sequence[int]) -> None:
+        if not ids or self._index is None:
+            return
+        index = self._index
+        async with self._index_lock:
+            self._live.difference_update(ids)
+            removed = await self._faiss.run(index.remove, ids)
+            if removed:
+                self._index_dirty = True
+
+    # -- retrieval ---------------------------------------------------------------------------
+
+    async def retrieve(self, user_id: str, query: str, k: int, kinds: frozenset[str] | None) -> list[ScoredMemory]:
+        assert self._encoder is not None and self._index is not None
+        await self.wait_indexed(user_id)
+        cfg = self._settings.retrieval
+        candidates = max(k, cfg.candidates) * (4 if kinds else 1)
+        query_vector = (await self._encoder.encode([query]))[0]
+        dense = await self._faiss.run(self._index.search, user_id, query_vector, candidates)
+        match = fts_query(query)
+        lexical = await self._store.lexical_search(user_id, match, candidates, kinds) if match else []
+        weights = FusionWeights(cfg.dense_weight, cfg.lexical_weight, cfg.recency_weight, cfg.recency_half_life_days)
+        fused = fuse(dense, lexical, weights)
+        rows = await self._store.memories_by_id([mid for mid, _, _ in fused])
+        dense_scores, lexical_scores = dict(dense), dict(lexical)
+        now = datetime.now(UTC)
+        results = []
+        for mid, score, rankers in fused:
+            memory = rows.get(mid)
+            if memory is None or memory.user_id != user_id or (kinds and memory.kind not in kinds):
+                continue
+            results.append(
+                ScoredMemory(
+                    memory,
+                    score * recency_factor(memory.created_at, now, weights),
+                    rankers,
+                    dense_scores.get(mid),
+                    lexical_scores.get(mid),
+                )
+            )
+        results.sort(key=lambda r: (-r.score, -r.memory.id))
+        return results[:k]
+
+    async def stats(self) -> dict[str, Any]:
+        index = self._index
+        encoder_stats = self._encoder.stats() if self._encoder is not None else {}
+        return {
+            "pending_embeddings": len(self._pending),
+            "embedded_since_start": self.embedded,
+            "embedding_error": self._embed_error,
+            "index_vectors": len(index) if index is not None else 0,
+            "index_users": index.users() if index is not None else 0,
+            "index_path": str(self._index_path),
+            **encoder_stats,
+        }

@@ -1,0 +1,85 @@
+"""The JSON snapshot of every context: human-readable, a second source for recovery.
+
+Written atomically (temp file in the same folder, write, flush, fsync, ``os.replace``, fsync
+of the folder), so a crash leaves the old file or the new one, never a mix. The writer takes
+each context already encoded (they are immutable, so their JSON is made once, at commit), which
+keeps the event loop free: joining bytes is cheap, the write and fsyncs run off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import orjson
+
+from memory.errors import SnapshotCorruptError, StorageError
+
+FORMAT = "memory-bot-contexts"
+FORMAT_VERSION = 1
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def write_snapshot(path: Path, encoded_contexts: Iterable[bytes], count: int) -> int:
+    """Atomically replace ``path``; returns the bytes written."""
+    header = orjson.dumps(
+        {"format": FORMAT, "format_version": FORMAT_VERSION, "saved_at": datetime.now(UTC).isoformat(), "count": count}
+    )
+    body = b"".join((header[:-1], b',"users":[', b",".join(encoded_contexts), b"]}\n"))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        async with aiofiles.open(tmp, "wb") as fh:
+            await fh.write(body)
+            await fh.flush()
+            await asyncio.to_thread(os.fsync, fh.fileno())
+        await aiofiles.os.replace(tmp, path)
+        await asyncio.to_thread(_fsync_dir, path.parent)
+    except OSError as exc:
+        raise StorageError(f"could not write the snapshot {path}: {exc}", path) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return len(body)
+
+
+def read_snapshot(path: Path) -> list[dict[str, Any]]:
+    """The contexts in ``path`` as dicts; a truncated or invalid file raises SnapshotCorruptError."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"could not read the snapshot {path}: {exc}", path) from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotCorruptError(
+            f"snapshot {path} is truncated or not valid JSON ({exc}); it is rewritten from the "
+            "database at the next save, or restore it from a backup",
+            path,
+        ) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise SnapshotCorruptError(f"snapshot {path} is not a memory-bot snapshot", path)
+    if data.get("format_version") != FORMAT_VERSION:
+        raise SnapshotCorruptError(
+            f"snapshot {path} has format version {data.get('format_version')!r}; "
+            f"this program reads version {FORMAT_VERSION}",
+            path,
+        )
+    users = data.get("users")
+    if not isinstance(users, list) or len(users) != data.get("count"):
+        raise SnapshotCorruptError(
+            f"snapshot {path} is incomplete: it declares {data.get('count')!r} users", path
+        )
+    return users

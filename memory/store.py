@@ -1,0 +1,496 @@
+"""SQLite, the source of truth: schema and migrations, reads, and the writes as statements.
+
+All SQL of the project lives here. Writes are built as statement lists and committed by the
+group-commit writer; reads use a second connection, which in WAL mode never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from memory.context import UserContext, freeze_json, parse_time
+from memory.errors import StorageError, SystemClosedError
+from memory.group_commit import DB_ERRORS, GroupCommitWriter, Statement, run_on_connection_thread
+from memory.records import HistoryEntry, Memory
+
+log = logging.getLogger(__name__)
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _script(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript: it would COMMIT the migration's open transaction first.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _v1_core(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE contexts (
+            user_id TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            data TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE context_history (
+            user_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            change TEXT NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (user_id, version)
+        ) WITHOUT ROWID;
+        CREATE TABLE memories (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            source_id TEXT,
+            embedding BLOB
+        );
+        CREATE INDEX memories_by_user ON memories (user_id, id);
+        CREATE INDEX memories_by_source ON memories (source_id) WHERE source_id IS NOT NULL;
+        CREATE INDEX memories_unembedded ON memories (id) WHERE embedding IS NULL;
+        """
+    )
+
+
+def _v2_fts(db: sqlite3.Connection) -> None:
+    # The owner column holds a token made from the user id, so MATCH itself scopes a search
+    # to one user (fast); the join on memories.user_id then makes isolation exact.
+    _script(
+        db,
+        """
+        CREATE VIRTUAL TABLE memories_fts USING fts5(
+            owner, body, tokenize = 'porter unicode61 remove_diacritics 2'
+        );
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID
+        """
+    )
+    rows = db.execute("SELECT id, user_id, text FROM memories").fetchall()
+    db.executemany(
+        "INSERT INTO memories_fts (rowid, owner, body) VALUES (?, ?, ?)",
+        [(mid, owner_token(uid), body) for mid, uid, body in rows],
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def owner_token(user_id: str) -> str:
+    """One FTS5 token per user id that no other id shares.
+
+    Digits only after the prefix: the porter stemmer leaves them alone, so the token is exact.
+    """
+    return "u" + "".join(f"{byte:03d}" for byte in user_id.encode())
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
+    """Bring the schema forward; returns the versions applied."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    current = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise StorageError(
+            f"database {path} has schema version {current}, newer than this program's "
+            f"{SCHEMA_VERSION}; upgrade memory-bot to open it",
+            path,
+        )
+    applied = []
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        db.execute("BEGIN")
+        try:
+            MIGRATIONS[version - 1](db)
+            db.execute(
+                "INSERT INTO schema_version VALUES (?, datetime('now'))", (version,)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def damaged_database(path: Path, cause: object, snapshot: Path | None = None) -> StorageError:
+    restore = (
+        f"the contexts can be rebuilt from the snapshot {snapshot}: stop the bot, move {path} "
+        f"and its -wal and -shm files aside, and start again"
+        if snapshot is not None
+        else "restore it from a backup"
+    )
+    return StorageError(
+        f"database {path} is damaged ({cause}); {restore}. Memories live only in the database: "
+        "keep the damaged file, `sqlite3 FILE .recover` may save them",
+        path,
+    )
+
+
+class SqliteStore:
+    """The SQLite files of one data folder, opened for writing or read-only."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        max_batch: int = 256,
+        readonly: bool = False,
+    ) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._max_batch = max_batch
+        self._readonly = readonly
+        self._write_conn: aiosqlite.Connection | None = None
+        self._read_conn: aiosqlite.Connection | None = None
+        self._writer: GroupCommitWriter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self, *, integrity_check: bool = True) -> list[int]:
+        """Open (creating and migrating when writable); returns the migrations applied."""
+        applied: list[int] = []
+        try:
+            if self._readonly:
+                self._read_conn = await self._connect(f"file:{self.path}?mode=ro")
+                if integrity_check:
+                    await self._check_integrity(self._read_conn)
+                return applied
+            self._write_conn = await self._connect(str(self.path))
+            await self._write_conn.execute("PRAGMA journal_mode = WAL")
+            await self._write_conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if integrity_check:
+                await self._check_integrity(self._write_conn)
+            applied = await run_on_connection_thread(self._write_conn, migrate, self.path)
+            self._read_conn = await self._connect(str(self.path))
+        except sqlite3.DatabaseError as exc:
+            await self.close()
+            raise damaged_database(self.path, exc) from exc
+        self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch)
+        self._writer.start()
+        return applied
+
+    async def _connect(self, target: str) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(target, uri=target.startswith("file:"))
+        await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        return conn
+
+    async def _check_integrity(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA quick_check") as cursor:
+            rows = [row[0] for row in await cursor.fetchall()]
+        if rows != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(str(r) for r in rows[:5]))
+
+    async def close(self) -> None:
+        """Commit what is queued and close; safe to call twice."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
+        for name in ("_read_conn", "_write_conn"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                await conn.close()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
+        if self._writer is None:
+            raise SystemClosedError(f"the database {self.path} is not open for writing")
+        return self._writer.submit(statements)
+
+    async def commit(self, statements: Sequence[Statement]) -> None:
+        await self.submit(statements)
+
+    def writer_stats(self) -> dict[str, int]:
+        w = self._writer
+        if w is None:
+            return {"commit_queue": 0, "batches": 0, "units": 0, "largest_batch": 0}
+        return {
+            "commit_queue": w.queue_depth,
+            "batches": w.batches,
+            "units": w.units,
+            "largest_batch": w.largest_batch,
+        }
+
+    async def run_exclusive(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` on the write connection's thread, between group commits."""
+        if self._writer is None or self._write_conn is None:
+            raise SystemClosedError(f"the database {self.path} is not open for writing")
+        async with self._writer.db_lock:
+            return await run_on_connection_thread(self._write_conn, fn)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        conn = self._read_conn
+        if conn is None:
+            raise SystemClosedError(f"the database {self.path} is not open")
+        try:
+            async with conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"could not read {self.path}: {exc}", self.path) from exc
+
+    async def load_contexts(self) -> list[tuple[str, str]]:
+        rows = await self.fetch("SELECT user_id, data FROM contexts")
+        return [(r[0], r[1]) for r in rows]
+
+    async def next_memory_id(self) -> int:
+        """Ids are handed out here, never reused, so a unit needs no RETURNING round trip."""
+        rows = await self.fetch(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'memories'), 0),"
+            " coalesce((SELECT max(id) FROM memories), 0))"
+        )
+        return int(rows[0][0]) + 1
+
+    async def history(self, user_id: str) -> list[HistoryEntry]:
+        rows = await self.fetch(
+            "SELECT user_id, version, at, actor, change, state FROM context_history"
+            " WHERE user_id = ? ORDER BY version",
+            (user_id,),
+        )
+        return [_history_entry(r) for r in rows]
+
+    async def history_entry(self, user_id: str, version: int) -> HistoryEntry | None:
+        rows = await self.fetch(
+            "SELECT user_id, version, at, actor, change, state FROM context_history"
+            " WHERE user_id = ? AND version = ?",
+            (user_id, version),
+        )
+        return _history_entry(rows[0]) if rows else None
+
+    async def memories(
+        self, user_id: str, *, limit: int = -1, offset: int = 0, kinds: Iterable[str] | None = None
+    ) -> list[Memory]:
+        sql = (
+            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            " WHERE user_id = ?"
+        )
+        params: list[Any] = [user_id]
+        if kinds is not None:
+            kinds = list(kinds)
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            params += kinds
+        rows = await self.fetch(sql + " ORDER BY id LIMIT ? OFFSET ?", (*params, limit, offset))
+        return [memory_from_row(r) for r in rows]
+
+    async def memories_by_id(self, ids: Sequence[int]) -> dict[int, Memory]:
+        if not ids:
+            return {}
+        rows = await self.fetch(
+            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            f" WHERE id IN ({','.join('?' * len(ids))})",
+            list(ids),
+        )
+        return {r[0]: memory_from_row(r) for r in rows}
+
+    async def memories_by_source(self, source_id: str) -> list[Memory]:
+        rows = await self.fetch(
+            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            " WHERE source_id = ? ORDER BY id",
+            (source_id,),
+        )
+        return [memory_from_row(r) for r in rows]
+
+    async def memory_ids(self, user_id: str) -> list[int]:
+        rows = await self.fetch("SELECT id FROM memories WHERE user_id = ?", (user_id,))
+        return [r[0] for r in rows]
+
+    async def unembedded(self) -> list[Memory]:
+        rows = await self.fetch(
+            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            " WHERE embedding IS NULL ORDER BY id"
+        )
+        return [memory_from_row(r) for r in rows]
+
+    async def embedding_watermark(self) -> tuple[int, int]:
+        """(count, highest id) of the memories that have an embedding."""
+        rows = await self.fetch(
+            "SELECT count(*), coalesce(max(id), 0) FROM memories WHERE embedding IS NOT NULL"
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    async def embeddings(self, after_id: int = 0) -> list[tuple[int, str, bytes]]:
+        """(id, user_id, float32 blob) of embedded memories, by id."""
+        rows = await self.fetch(
+            "SELECT id, user_id, embedding FROM memories WHERE embedding IS NOT NULL AND id > ?"
+            " ORDER BY id",
+            (after_id,),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def embeddings_for(self, ids: Sequence[int]) -> list[tuple[int, str, bytes]]:
+        if not ids:
+            return []
+        rows = await self.fetch(
+            "SELECT id, user_id, embedding FROM memories WHERE embedding IS NOT NULL"
+            f" AND id IN ({','.join('?' * len(ids))})",
+            list(ids),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def get_meta(self, key: str) -> str | None:
+        rows = await self.fetch("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    @staticmethod
+    def model_change_statements(model: str) -> list[Statement]:
+        """Record the embedding model; embeddings of another model are dropped to be remade."""
+        return [
+            ("UPDATE memories SET embedding = NULL WHERE embedding IS NOT NULL", ()),
+            (
+                "INSERT INTO meta (key, value) VALUES ('embedding_model', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (model,),
+            ),
+        ]
+
+    async def embedded_ids(self) -> list[tuple[int, str]]:
+        rows = await self.fetch("SELECT id, user_id FROM memories WHERE embedding IS NOT NULL")
+        return [(r[0], r[1]) for r in rows]
+
+    async def lexical_search(
+        self, user_id: str, match: str, limit: int, kinds: Iterable[str] | None = None
+    ) -> list[tuple[int, float]]:
+        """(memory id, BM25 score, higher is better) of the user's memories matching ``match``."""
+        sql = (
+            "SELECT m.id, -bm25(memories_fts, 0.0, 1.0) FROM memories_fts"
+            " JOIN memories m ON m.id = memories_fts.rowid"
+            " WHERE memories_fts MATCH ? AND m.user_id = ?"
+        )
+        params: list[Any] = [f"owner : {owner_token(user_id)} AND body : ({match})", user_id]
+        if kinds is not None:
+            kinds = list(kinds)
+            sql += f" AND m.kind IN ({','.join('?' * len(kinds))})"
+            params += kinds
+        rows = await self.fetch(sql + " ORDER BY bm25(memories_fts, 0.0, 1.0) LIMIT ?", (*params, limit))
+        return [(r[0], float(r[1])) for r in rows]
+
+    async def count(self, table: str) -> int:
+        if table not in ("contexts", "context_history", "memories"):
+            raise ValueError(table)
+        rows = await self.fetch(f"SELECT count(*) FROM {table}")  # noqa: S608
+        return int(rows[0][0])
+
+
+def _history_entry(row: sqlite3.Row | tuple[Any, ...]) -> HistoryEntry:
+    return HistoryEntry(
+        user_id=row[0],
+        version=row[1],
+        at=parse_time("at", row[2]),
+        actor=row[3],
+        change=freeze_json(orjson.loads(row[4])),
+        context=UserContext.from_dict(orjson.loads(row[5])),
+    )
+
+
+def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
+    return Memory(
+        id=row[0],
+        user_id=row[1],
+        text=row[2],
+        kind=row[3],
+        created_at=parse_time("created_at", row[4]),
+        metadata=freeze_json(orjson.loads(row[5])),
+        source_id=row[6],
+    )
+
+
+# -- statements the writer commits ---------------------------------------------------------
+
+UPSERT_CONTEXT = (
+    "INSERT INTO contexts (user_id, version, data) VALUES (?, ?, ?)"
+    " ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data"
+)
+INSERT_HISTORY = (
+    "INSERT INTO context_history (user_id, version, at, actor, change, state)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+INSERT_MEMORY = (
+    "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_FTS = "INSERT INTO memories_fts (rowid, owner, body) VALUES (?, ?, ?)"
+
+
+def context_statements(
+    ctx: UserContext, encoded: str, at: datetime, actor: str, change: dict[str, Any]
+) -> list[Statement]:
+    """Write the current state and append its history row (the state after the change)."""
+    return [
+        (UPSERT_CONTEXT, (ctx.user_id, ctx.version, encoded)),
+        (
+            INSERT_HISTORY,
+            (ctx.user_id, ctx.version, at.isoformat(), actor, orjson.dumps(change).decode(), encoded),
+        ),
+    ]
+
+
+def memory_statements(memory: Memory, body: str) -> list[Statement]:
+    return [
+        (
+            INSERT_MEMORY,
+            (
+                memory.id,
+                memory.user_id,
+                memory.text,
+                memory.kind,
+                orjson.dumps(memory.metadata, default=dict).decode(),
+                memory.created_at.isoformat(),
+                memory.source_id,
+            ),
+        ),
+        (INSERT_FTS, (memory.id, owner_token(memory.user_id), body)),
+    ]
+
+
+def forget_memory_statements(memory_id: int) -> list[Statement]:
+    return [
+        ("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,)),
+        ("DELETE FROM memories WHERE id = ?", (memory_id,)),
+    ]
+
+
+def forget_user_statements(user_id: str) -> list[Statement]:
+    return [
+        ("DELETE FROM memories_fts WHERE rowid IN (SELECT id FROM memories WHERE user_id = ?)", (user_id,)),
+        ("DELETE FROM memories WHERE user_id = ?", (user_id,)),
+        ("DELETE FROM context_history WHERE user_id = ?", (user_id,)),
+        ("DELETE FROM contexts WHERE user_id = ?", (user_id,)),
+    ]
+
+
+def embedding_statement(memory_id: int, vector: bytes) -> Statement:
+    return ("UPDATE memories SET embedding = ? WHERE id = ?", (vector, memory_id))
+
+
+__all__ = [
+    "DB_ERRORS",
+    "SCHEMA_VERSION",
+    "SqliteStore",
+    "context_statements",
+    "embedding_statement",
+    "forget_memory_statements",
+    "forget_user_statements",
+    "memory_statements",
+    "owner_token",
+]
