@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,25 @@ class SemanticMemory:
             for uid, items in by_user.items():
                 vectors = np.vstack([np.frombuffer(b, dtype=np.float32) for _, b in items])
                 await self._faiss.run(index.add, uid, [m for m, _ in items], vectors)
+
+    async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """A fresh index from the stored embeddings, swapped in whole once complete."""
+        assert self._encoder is not None
+        async with self._index_lock:
+            ids = [mid for mid, _ in await self._store.embedded_ids()]
+            fresh = PerUserIndex(self._encoder.dim, self._encoder.name)
+            chunk = 5_000
+            for start in range(0, len(ids), chunk):
+                await self._add_stored(fresh, ids[start : start + chunk])
+                if progress is not None:
+                    progress(min(start + chunk, len(ids)), len(ids))
+            if progress is not None and not ids:
+                progress(0, 0)
+            self._index = fresh
+            self._index_dirty = False
+            self._last_index_save = time.monotonic()
+            await self._faiss.run(fresh.save, self._index_path)
+        return len(fresh)
 
     async def close(self) -> None:
         self._stopping.set()

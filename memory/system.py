@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +19,7 @@ import orjson
 
 from memory import validation
 from memory.autosave import AutoSaver
-from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, freeze_json
+from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, freeze_json, parse_time
 from memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
@@ -52,6 +52,7 @@ from memory.store import (
 log = logging.getLogger(__name__)
 MAX_FRESH_CONTEXTS = 10_000
 MEMORY_KINDS = frozenset({"exchange", "fact", "note"})
+EXPORT_FORMAT = "memory-bot-user-export/1"
 
 
 async def wait_for_commit(commit: asyncio.Future[None]) -> bool:
@@ -78,7 +79,9 @@ class MemorySystem:
         settings: Settings | None = None,
         config_file: str | Path | None = None,
         encoder: Any = None,
+        take_ownership: bool = True,
     ) -> None:
+        self._take_ownership = take_ownership
         self._given_settings = settings
         self._config_file = config_file
         self._given_data_dir = data_dir
@@ -110,8 +113,11 @@ class MemorySystem:
         data_dir = Path(self._given_data_dir or self.settings.storage.data_dir)
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._ownership = FolderOwnership(data_dir)
-        self._ownership.acquire()
+        if self._take_ownership:
+            self._ownership = FolderOwnership(data_dir)
+            self._ownership.acquire()
+        else:
+            log.warning("opening %s without taking ownership: another process may be writing", data_dir)
         storage = self.settings.storage
         self._store = SqliteStore(
             data_dir / DB_NAME,
@@ -464,6 +470,65 @@ class MemorySystem:
         if kind_set is not None and not kind_set <= MEMORY_KINDS:
             raise InvalidInputError("kinds", f"must be among {sorted(MEMORY_KINDS)}")
         return await self._semantic.retrieve(uid, query, k, kind_set)
+
+    async def rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Rebuild the FAISS index from the embeddings in SQLite; returns the vectors indexed."""
+        self._require_running()
+        return await self._semantic.rebuild(progress)
+
+    async def export_user(self, user_id: str | int) -> dict[str, Any]:
+        """Everything stored about one user, as JSON-safe data (``import_user`` takes it back)."""
+        self._require_running()
+        uid = validation.user_id(user_id)
+        async with self._locks.hold(uid):
+            context = self._contexts.get(uid)
+            history = await self._store.history(uid)
+            memories = await self._store.memories(uid)
+        if context is None and not memories:
+            raise UserNotFoundError(uid)
+        return {
+            "format": EXPORT_FORMAT,
+            "user_id": uid,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "context": context.to_dict() if context else None,
+            "history": [entry.to_dict() for entry in history],
+            "memories": [memory.to_dict() for memory in memories],
+        }
+
+    async def import_user(self, data: Mapping[str, Any], *, actor: str = "import") -> UserContext | None:
+        """Load an export: the context becomes a new version; memories are added (new ids)."""
+        self._require_running()
+        if not isinstance(data, Mapping) or data.get("format") != EXPORT_FORMAT:
+            raise InvalidInputError("import", f"is not a memory-bot export (format {EXPORT_FORMAT!r})")
+        uid = validation.user_id(data.get("user_id"))
+        raw_memories = data.get("memories") or []
+        if not isinstance(raw_memories, list):
+            raise InvalidInputError("import.memories", "must be a list")
+        new_ctx: UserContext | None = None
+        async with self._locks.hold(uid):
+            now = datetime.now(UTC)
+            memories = []
+            for raw in raw_memories:
+                if not isinstance(raw, Mapping):
+                    raise InvalidInputError("import.memories", "each memory must be an object")
+                text = validation.text("memory text", raw.get("text"), self.settings.limits.max_text_length, allow_empty=False)
+                kind = raw.get("kind", "note")
+                if kind not in MEMORY_KINDS:
+                    raise InvalidInputError("memory kind", f"must be one of {sorted(MEMORY_KINDS)}")
+                created = parse_time("created_at", raw.get("created_at", now.isoformat()))
+                memories.append(
+                    self._new_memory(uid, text, kind, created, _metadata(raw.get("metadata")), _source_id(raw.get("source_id")))
+                )
+            if data.get("context") is not None:
+                imported = UserContext.from_dict(data["context"])
+                if imported.user_id != uid:
+                    raise InvalidInputError("import.context", "belongs to another user id")
+                current = self._contexts.get(uid)
+                new_ctx = imported.copy_with(version=(current.version if current else 0) + 1)
+                await self._commit(new_ctx, now, actor, {"op": "import", "memories": len(memories)}, memories)
+            else:
+                await self._commit_memories(memories)
+        return new_ctx
 
     # -- inspection --------------------------------------------------------------------------
 
