@@ -33,7 +33,7 @@ class AutoSaver:
         self._stopping = asyncio.Event()
         self._lock = OrderedLock(LockLevel.SAVE)
         self._task: asyncio.Task[None] | None = None
-        self._last_attempt = 0.0
+        self._last_attempt = float("-inf")  # the first save after start is not delayed
         self.saves = 0
         self.failures = 0
         self.last_save: datetime | None = None

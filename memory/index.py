@@ -105,6 +105,28 @@ class PerUserIndex:
         scores, ids = shard.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
+    def search_with_floor(
+        self, user_id: str, query: npt.NDArray[np.float32], k: int
+    ) -> tuple[list[tuple[int, float]], float]:
+        """The top k and the user's lowest inner product (the top of the negated query)."""
+        top = self.search(user_id, query, k)
+        if not top:
+            return [], 0.0
+        worst = self.search(user_id, -query, 1)
+        return top, -worst[0][1]
+
+    def scores_for(
+        self, user_id: str, ids: Sequence[int], query: npt.NDArray[np.float32]
+    ) -> dict[int, float]:
+        """Inner products of the given memories of this user (others are left out)."""
+        shard = self._shards.get(user_id)
+        mine = [mid for mid in ids if self._owner.get(mid) == user_id]
+        if shard is None or not mine:
+            return {}
+        vectors = np.vstack([shard.reconstruct(mid) for mid in mine])
+        scores = vectors @ query.astype(np.float32)
+        return {mid: float(score) for mid, score in zip(mine, scores.tolist(), strict=True)}
+
     def watermark(self) -> Watermark:
         return Watermark(len(self._owner), self.max_id, self.dim, self.model)
 

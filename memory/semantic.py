@@ -12,7 +12,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from memory.index import PerUserIndex
 from memory.locks import LockLevel, OrderedLock
 from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
-from memory.retrieval import FusionWeights, fts_query, fuse, recency_factor
+from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.store import SqliteStore, embedding_statement
 from memory.workers import SingleThreadWorker
@@ -34,12 +33,7 @@ INDEX_SAVE_INTERVAL = 30.0
 
 
 def embedding_text(memory: Memory) -> str:
-    """What the model sees of a memory."""
-    return memory.text
-
-
-def lexical_body(memory: Memory) -> str:
-    """What FTS5 indexes of a memory."""
+    """What the model sees of a memory: its own text (context words measured worse here)."""
     return memory.text
 
 
@@ -53,6 +47,7 @@ class SemanticMemory:
         self._faiss = SingleThreadWorker("memory-bot-faiss")
         self._index_lock = OrderedLock(LockLevel.INDEX)
         self._index: PerUserIndex | None = None
+        self._retriever = Retriever(store, settings.retrieval, self._faiss.run)
         self._pending: deque[Memory] = deque()
         self._live: set[int] = set()
         self._pending_by_user: dict[str, int] = {}
@@ -188,8 +183,8 @@ class SemanticMemory:
                 await asyncio.wait(waits, timeout=INDEX_SAVE_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
-            if self._stopping.is_set():
-                return
+            if self._stopping.is_set() and (not self._pending or self._embed_error is not None):
+                return  # drained (or the encoder is failing: the rest is embedded on next start)
             if not self._pending:
                 continue
             size = self._settings.retrieval.embed_batch
@@ -267,33 +262,8 @@ class SemanticMemory:
     async def retrieve(self, user_id: str, query: str, k: int, kinds: frozenset[str] | None) -> list[ScoredMemory]:
         assert self._encoder is not None and self._index is not None
         await self.wait_indexed(user_id)
-        cfg = self._settings.retrieval
-        candidates = max(k, cfg.candidates) * (4 if kinds else 1)
         query_vector = (await self._encoder.encode([query]))[0]
-        dense = await self._faiss.run(self._index.search, user_id, query_vector, candidates)
-        match = fts_query(query)
-        lexical = await self._store.lexical_search(user_id, match, candidates, kinds) if match else []
-        weights = FusionWeights(cfg.dense_weight, cfg.lexical_weight, cfg.recency_weight, cfg.recency_half_life_days)
-        fused = fuse(dense, lexical, weights)
-        rows = await self._store.memories_by_id([mid for mid, _, _ in fused])
-        dense_scores, lexical_scores = dict(dense), dict(lexical)
-        now = datetime.now(UTC)
-        results = []
-        for mid, score, rankers in fused:
-            memory = rows.get(mid)
-            if memory is None or memory.user_id != user_id or (kinds and memory.kind not in kinds):
-                continue
-            results.append(
-                ScoredMemory(
-                    memory,
-                    score * recency_factor(memory.created_at, now, weights),
-                    rankers,
-                    dense_scores.get(mid),
-                    lexical_scores.get(mid),
-                )
-            )
-        results.sort(key=lambda r: (-r.score, -r.memory.id))
-        return results[:k]
+        return await self._retriever.retrieve(self._index, user_id, query, query_vector, k, kinds)
 
     async def stats(self) -> dict[str, Any]:
         index = self._index

@@ -61,9 +61,10 @@ class EncoderSettings:
 class RetrievalSettings:
     store_exchanges: bool = True
     max_k: int = field(default=50, metadata=_rule(low=1, high=10_000))
-    dense_weight: float = field(default=0.5, metadata=_rule(low=0, high=1))
-    lexical_weight: float = field(default=0.5, metadata=_rule(low=0, high=1))
-    neighbour_weight: float = field(default=0.0, metadata=_rule(low=0, high=1))
+    dense_weight: float = field(default=0.6, metadata=_rule(low=0, high=1))
+    lexical_weight: float = field(default=0.4, metadata=_rule(low=0, high=1))
+    neighbour_weight: float = field(default=0.5, metadata=_rule(low=0, high=1))
+    session_gap_minutes: float = field(default=30.0, metadata=_rule(low=0, high=525_600))
     recency_weight: float = field(default=0.0, metadata=_rule(low=0, high=1))
     recency_half_life_days: float = field(default=30.0, metadata=_rule(low=0.001, high=100_000))
     candidates: int = field(default=50, metadata=_rule(low=1, high=10_000))

@@ -60,8 +60,10 @@ def _v1_core(db: sqlite3.Connection) -> None:
             metadata TEXT NOT NULL DEFAULT '{}',
             created_at TEXT NOT NULL,
             source_id TEXT,
+            session_prev INTEGER,
             embedding BLOB
         );
+        CREATE INDEX memories_by_session_prev ON memories (session_prev) WHERE session_prev IS NOT NULL;
         CREATE INDEX memories_by_user ON memories (user_id, id);
         CREATE INDEX memories_by_source ON memories (source_id) WHERE source_id IS NOT NULL;
         CREATE INDEX memories_unembedded ON memories (id) WHERE embedding IS NULL;
@@ -76,14 +78,14 @@ def _v2_fts(db: sqlite3.Connection) -> None:
         db,
         """
         CREATE VIRTUAL TABLE memories_fts USING fts5(
-            owner, body, tokenize = 'porter unicode61 remove_diacritics 2'
+            owner, body, context, tokenize = 'porter unicode61 remove_diacritics 2'
         );
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID
         """
     )
     rows = db.execute("SELECT id, user_id, text FROM memories").fetchall()
     db.executemany(
-        "INSERT INTO memories_fts (rowid, owner, body) VALUES (?, ?, ?)",
+        "INSERT INTO memories_fts (rowid, owner, body, context) VALUES (?, ?, ?, '')",
         [(mid, owner_token(uid), body) for mid, uid, body in rows],
     )
 
@@ -282,7 +284,7 @@ class SqliteStore:
         self, user_id: str, *, limit: int = -1, offset: int = 0, kinds: Iterable[str] | None = None
     ) -> list[Memory]:
         sql = (
-            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            f"SELECT {MEMORY_COLUMNS} FROM memories"
             " WHERE user_id = ?"
         )
         params: list[Any] = [user_id]
@@ -297,7 +299,7 @@ class SqliteStore:
         if not ids:
             return {}
         rows = await self.fetch(
-            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            f"SELECT {MEMORY_COLUMNS} FROM memories"
             f" WHERE id IN ({','.join('?' * len(ids))})",
             list(ids),
         )
@@ -305,7 +307,7 @@ class SqliteStore:
 
     async def memories_by_source(self, source_id: str) -> list[Memory]:
         rows = await self.fetch(
-            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            f"SELECT {MEMORY_COLUMNS} FROM memories"
             " WHERE source_id = ? ORDER BY id",
             (source_id,),
         )
@@ -317,7 +319,7 @@ class SqliteStore:
 
     async def unembedded(self) -> list[Memory]:
         rows = await self.fetch(
-            "SELECT id, user_id, text, kind, created_at, metadata, source_id FROM memories"
+            f"SELECT {MEMORY_COLUMNS} FROM memories"
             " WHERE embedding IS NULL ORDER BY id"
         )
         return [memory_from_row(r) for r in rows]
@@ -373,17 +375,43 @@ class SqliteStore:
     ) -> list[tuple[int, float]]:
         """(memory id, BM25 score, higher is better) of the user's memories matching ``match``."""
         sql = (
-            "SELECT m.id, -bm25(memories_fts, 0.0, 1.0) FROM memories_fts"
+            f"SELECT m.id, -{BM25} FROM memories_fts"
             " JOIN memories m ON m.id = memories_fts.rowid"
             " WHERE memories_fts MATCH ? AND m.user_id = ?"
         )
-        params: list[Any] = [f"owner : {owner_token(user_id)} AND body : ({match})", user_id]
+        params: list[Any] = [
+            f"owner : {owner_token(user_id)} AND {{body context}} : ({match})", user_id
+        ]
         if kinds is not None:
             kinds = list(kinds)
             sql += f" AND m.kind IN ({','.join('?' * len(kinds))})"
             params += kinds
-        rows = await self.fetch(sql + " ORDER BY bm25(memories_fts, 0.0, 1.0) LIMIT ?", (*params, limit))
+        rows = await self.fetch(sql + f" ORDER BY {BM25} LIMIT ?", (*params, limit))
         return [(r[0], float(r[1])) for r in rows]
+
+    async def last_memory(self, user_id: str) -> Memory | None:
+        rows = await self.fetch(
+            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE user_id = ? ORDER BY id DESC LIMIT 1",
+            (user_id,),
+        )
+        return memory_from_row(rows[0]) if rows else None
+
+    async def session_neighbours(self, ids: Iterable[int]) -> dict[int, tuple[int | None, int | None]]:
+        """(previous, next) memory in the same session, for each id that has one."""
+        id_list = list(ids)
+        if not id_list:
+            return {}
+        marks = ",".join("?" * len(id_list))
+        rows = await self.fetch(
+            f"SELECT id, session_prev FROM memories WHERE id IN ({marks}) AND session_prev IS NOT NULL"
+            f" UNION ALL SELECT id, session_prev FROM memories WHERE session_prev IN ({marks})",
+            (*id_list, *id_list),
+        )
+        links: dict[int, list[int | None]] = {}
+        for mid, prev in rows:
+            links.setdefault(mid, [None, None])[0] = prev
+            links.setdefault(prev, [None, None])[1] = mid
+        return {mid: (pair[0], pair[1]) for mid, pair in links.items()}
 
     async def count(self, table: str) -> int:
         if table not in ("contexts", "context_history", "memories"):
@@ -401,6 +429,9 @@ def _history_entry(row: sqlite3.Row | tuple[Any, ...]) -> HistoryEntry:
         change=freeze_json(orjson.loads(row[4])),
         context=UserContext.from_dict(orjson.loads(row[5])),
     )
+
+
+MEMORY_COLUMNS = "id, user_id, text, kind, created_at, metadata, source_id"
 
 
 def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
@@ -426,10 +457,13 @@ INSERT_HISTORY = (
     " VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_MEMORY = (
-    "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id, session_prev)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-INSERT_FTS = "INSERT INTO memories_fts (rowid, owner, body) VALUES (?, ?, ?)"
+INSERT_FTS = "INSERT INTO memories_fts (rowid, owner, body, context) VALUES (?, ?, ?, ?)"
+# BM25 column weights: the owner token scores nothing; words of the previous turn count less
+# than the memory's own, so a reply never outranks the turn it follows on that turn's words.
+BM25 = "bm25(memories_fts, 0.0, 1.0, 0.5)"
 
 
 def context_statements(
@@ -445,7 +479,9 @@ def context_statements(
     ]
 
 
-def memory_statements(memory: Memory, body: str) -> list[Statement]:
+def memory_statements(
+    memory: Memory, body: str, context: str, session_prev: int | None
+) -> list[Statement]:
     return [
         (
             INSERT_MEMORY,
@@ -457,9 +493,10 @@ def memory_statements(memory: Memory, body: str) -> list[Statement]:
                 orjson.dumps(memory.metadata, default=dict).decode(),
                 memory.created_at.isoformat(),
                 memory.source_id,
+                session_prev,
             ),
         ),
-        (INSERT_FTS, (memory.id, owner_token(memory.user_id), body)),
+        (INSERT_FTS, (memory.id, owner_token(memory.user_id), body, context)),
     ]
 
 

@@ -39,7 +39,8 @@ from memory.recovery import (
     check_snapshot,
     open_store,
 )
-from memory.semantic import SemanticMemory, lexical_body
+from memory.retrieval import lexical_document, same_session
+from memory.semantic import SemanticMemory
 from memory.settings import Settings, load_settings
 from memory.store import (
     SqliteStore,
@@ -51,6 +52,7 @@ from memory.store import (
 
 log = logging.getLogger(__name__)
 MAX_FRESH_CONTEXTS = 10_000
+MAX_CACHED_LAST_MEMORIES = 100_000
 MEMORY_KINDS = frozenset({"exchange", "fact", "note"})
 EXPORT_FORMAT = "memory-bot-user-export/1"
 
@@ -92,6 +94,7 @@ class MemorySystem:
         self._fresh: dict[str, UserContext] = {}
         self._locks = UserLocks()
         self._next_memory_id = 1
+        self._last_memory: dict[str, Memory | None] = {}
         self.settings = settings or Settings()
         self.report: StartupReport | None = None
 
@@ -234,7 +237,7 @@ class MemorySystem:
                 display_name=old.display_name if display_name is None else display_name,
                 conversations_count=old.conversations_count + 1,
                 friendship_level=min(MAX_FRIENDSHIP, old.friendship_level + limits.friendship_step),
-                recent=recent[len(recent) - limits.recent_exchanges :] if limits.recent_exchanges else (),
+                recent=recent[-limits.recent_exchanges :] if limits.recent_exchanges else (),
                 last_seen=now,
                 version=old.version + 1,
             )
@@ -330,19 +333,44 @@ class MemorySystem:
         """Commit under the caller's user lock; install the new state only once durable."""
         encoded = orjson.dumps(new.to_dict())
         statements = context_statements(new, encoded.decode(), now, actor, change)
-        for memory in memories:
-            statements += memory_statements(memory, lexical_body(memory))
+        statements += await self._memory_statements(memories)
         statements += extra
-        commit = self._store.submit(statements)
-        cancelled = await wait_for_commit(commit)
+        cancelled = await self._commit_unit(statements, memories)
         self._contexts[new.user_id] = new
         self._encoded[new.user_id] = encoded
         self._fresh.pop(new.user_id, None)
         self._saver.mark_dirty()
-        if memories:
-            self._semantic.committed(memories)
         if cancelled:
             raise asyncio.CancelledError
+
+    async def _memory_statements(self, memories: list[Memory]) -> list[Statement]:
+        """Rows for new memories, each linked to the previous one when in the same session."""
+        statements: list[Statement] = []
+        gap = self.settings.retrieval.session_gap_minutes
+        for memory in memories:
+            uid = memory.user_id
+            if uid not in self._last_memory:
+                if len(self._last_memory) >= MAX_CACHED_LAST_MEMORIES:
+                    self._last_memory.clear()
+                self._last_memory[uid] = await self._store.last_memory(uid)
+            previous = self._last_memory[uid]
+            linked = previous if same_session(previous, memory, gap) else None
+            body, context = lexical_document(memory, linked)
+            statements += memory_statements(memory, body, context, linked.id if linked else None)
+            self._last_memory[uid] = memory
+        return statements
+
+    async def _commit_unit(self, statements: list[Statement], memories: list[Memory]) -> bool:
+        """Commit one unit; True if the caller was cancelled meanwhile (it applied all the same)."""
+        try:
+            cancelled = await wait_for_commit(self._store.submit(statements))
+        except BaseException:
+            for memory in memories:  # not committed: the cached "last memory" may be wrong
+                self._last_memory.pop(memory.user_id, None)
+            raise
+        if memories:
+            self._semantic.committed(memories)
+        return cancelled
 
     # -- memories ----------------------------------------------------------------------------
 
@@ -386,14 +414,9 @@ class MemorySystem:
         return memory
 
     async def _commit_memories(self, memories: list[Memory], extra: Iterable[Statement] = ()) -> None:
-        statements: list[Statement] = []
-        for memory in memories:
-            statements += memory_statements(memory, lexical_body(memory))
+        statements = await self._memory_statements(memories)
         statements += extra
-        cancelled = await wait_for_commit(self._store.submit(statements))
-        if memories:
-            self._semantic.committed(memories)
-        if cancelled:
+        if await self._commit_unit(statements, memories):
             raise asyncio.CancelledError
 
     async def get_memories(
@@ -418,6 +441,7 @@ class MemorySystem:
             if found is None or found.user_id != uid:
                 raise MemoryNotFoundError(uid, memory_id)
             cancelled = await wait_for_commit(self._store.submit(forget_memory_statements(memory_id)))
+            self._last_memory.pop(uid, None)
             await self._semantic.forget([memory_id])
             if cancelled:
                 raise asyncio.CancelledError
@@ -449,6 +473,7 @@ class MemorySystem:
             self._contexts.pop(uid, None)
             self._encoded.pop(uid, None)
             self._fresh.pop(uid, None)
+            self._last_memory.pop(uid, None)
             self._saver.mark_dirty()
             await self._semantic.forget(ids)
             log.info("forgot user %s (%d memories) at the request of %s", uid, len(ids), actor)

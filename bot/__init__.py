@@ -1,0 +1,1 @@
+"""memory-bot's Discord bot and console chat, built on the public ``memory`` API only."""

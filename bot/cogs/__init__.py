@@ -1,0 +1,1 @@
+"""discord.py extensions: the chat pipeline and the memory commands."""

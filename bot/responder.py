@@ -1,0 +1,306 @@
+"""Responders build the reply text: an offline template one and an OpenAI-compatible client."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+
+from bot import persona
+from bot.formatting import shorten
+from memory import ScoredMemory, Settings, UserContext
+
+log = logging.getLogger(__name__)
+API_KEY_VARIABLES = ("MEMORY_BOT_LLM_API_KEY", "OPENAI_API_KEY")
+RECENT_IN_PROMPT = 6
+_WORD = re.compile(r"[a-z0-9']+")
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "be",
+        "but",
+        "do",
+        "for",
+        "hello",
+        "hey",
+        "hi",
+        "i",
+        "i'm",
+        "in",
+        "is",
+        "it",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "so",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "what",
+        "you",
+        "your",
+    ]
+)
+QUOTE_LENGTH = 160
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyRequest:
+    """What a responder knows when it answers one message."""
+
+    context: UserContext
+    message: str
+    memories: tuple[ScoredMemory, ...] = ()
+    learned: Mapping[str, str | None] = field(default_factory=dict)
+    display_name: str = ""
+
+    @property
+    def name(self) -> str:
+        """What to call the person: the name they asked for, else their display name."""
+        chosen = self.context.preferences.get(persona.NAME_KEY)
+        if isinstance(chosen, str) and chosen:
+            return chosen
+        return self.display_name or self.context.display_name or "friend"
+
+
+class Responder(Protocol):
+    """Turns a request into reply text; ``close`` releases what it holds."""
+
+    async def reply(self, request: ReplyRequest) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+def exchange_message(memory_text: str) -> str:
+    """The person's own words from an exchange memory ("Name: message\\nBot: reply")."""
+    said, _, _ = memory_text.partition("\nBot: ")
+    _, colon, message = said.partition(": ")
+    return (message if colon else said).strip()
+
+
+def recalled_text(scored: ScoredMemory) -> str:
+    memory = scored.memory
+    return exchange_message(memory.text) if memory.kind == "exchange" else memory.text.strip()
+
+
+class TemplateResponder:
+    """Offline and deterministic: the same request always gets the same reply."""
+
+    async def reply(self, request: ReplyRequest) -> str:
+        parts = [self._greeting(request)]
+        parts += self._acknowledgements(request.learned)
+        answer = self._preference_answer(request)
+        if answer:
+            parts.append(answer)
+        else:
+            callback = self._memory_callback(request)
+            if callback:
+                parts.append(callback)
+        if len(parts) == 1:
+            parts.append(self._follow_up(request.message))
+        return " ".join(parts)
+
+    async def close(self) -> None:
+        return None
+
+    @staticmethod
+    def _greeting(request: ReplyRequest) -> str:
+        name = request.name
+        ctx = request.context
+        if ctx.conversations_count == 0:
+            return f"Hi {name}, nice to meet you!"
+        tier = persona.friendship_tier(ctx.friendship_level)
+        return {
+            "new face": f"Hello again, {name}.",
+            "acquaintance": f"Hey {name}, good to see you again!",
+            "friend": f"Hey {name}! Always nice to hear from you.",
+            "good friend": f"{name}, my good friend! Welcome back.",
+            "best friend": f"{name}! My best friend is here!",
+        }[tier]
+
+    @staticmethod
+    def _acknowledgements(learned: Mapping[str, str | None]) -> list[str]:
+        lines = []
+        for key, value in learned.items():
+            if value is None:
+                continue
+            if key == persona.NAME_KEY:
+                lines.append(f"I'll call you {value} from now on.")
+            elif key == persona.LIKES_KEY:
+                lines.append(f"Noted, you like {value.rsplit(', ', 1)[-1]}.")
+            elif key == persona.DISLIKES_KEY:
+                lines.append(f"Noted, you don't like {value.rsplit(', ', 1)[-1]}.")
+            else:
+                lines.append(f"I'll remember that your {key} is {value}.")
+        return lines
+
+    @staticmethod
+    def _preference_answer(request: ReplyRequest) -> str:
+        words = set(request.message.lower().replace("?", " ").split())
+        if not words & {"what", "what's", "whats", "remember", "know", "do", "who"}:
+            return ""
+        answers = []
+        for key, value in request.context.preferences.items():
+            if key in request.learned:
+                continue
+            if key == persona.NAME_KEY and "name" in words:
+                answers.append(f"your name is {value}")
+            elif key == persona.LIKES_KEY and words & {"like", "love", "likes"}:
+                answers.append(f"you like {value}")
+            elif key.startswith("favourite ") and key.split()[-1] in words:
+                answers.append(f"your {key} is {value}")
+        return f"You told me {' and '.join(answers)}." if answers else ""
+
+    @staticmethod
+    def _memory_callback(request: ReplyRequest) -> str:
+        current = request.message.strip().lower()
+        for scored in request.memories:
+            if "lexical" not in scored.rankers:
+                continue
+            said = recalled_text(scored)
+            if not said or said.lower() == current or not _shared_words(said, current):
+                continue
+            quote = shorten(said, QUOTE_LENGTH)
+            if scored.memory.kind == "exchange":
+                return f'Last time you told me "{quote}".'
+            return f'You asked me to remember "{quote}".'
+        return ""
+
+    @staticmethod
+    def _follow_up(message: str) -> str:
+        if message.rstrip().endswith("?"):
+            return "Good question! I'm a simple offline bot, but I'll remember you asked."
+        choices = ("Tell me more!", "I'll remember that.", "Noted!", "Interesting, go on.")
+        return choices[zlib.crc32(message.encode()) % len(choices)]
+
+
+def _shared_words(a: str, b: str) -> set[str]:
+    """Meaningful words two texts share: a memory is only quoted when it is on topic."""
+    return (set(_WORD.findall(a.lower())) & set(_WORD.findall(b.lower()))) - _STOPWORDS
+
+
+class ResponderError(Exception):
+    """The chat-completions endpoint failed or answered something unusable."""
+
+
+class OpenAICompatibleResponder:
+    """Calls ``{base_url}/chat/completions``; on any failure, logs it and uses ``fallback``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_tokens: int = 400,
+        fallback: Responder | None = None,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_tokens = max_tokens
+        self.fallback: Responder = fallback or TemplateResponder()
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAICompatibleResponder(url={self.url!r}, model={self.model!r})"
+
+    async def reply(self, request: ReplyRequest) -> str:
+        try:
+            return await self._complete(build_messages(request))
+        except (aiohttp.ClientError, TimeoutError, ResponderError) as exc:
+            log.warning(
+                "LLM endpoint %s failed (%s: %s); answering with the template responder",
+                self.url,
+                type(exc).__name__,
+                exc,
+            )
+            return await self.fallback.reply(request)
+
+    async def _complete(self, messages: list[dict[str, str]]) -> str:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        body = {"model": self.model, "messages": messages, "max_tokens": self._max_tokens}
+        async with self._session.post(self.url, json=body, headers=headers) as response:
+            if response.status != 200:
+                detail = shorten(await response.text(), 200)
+                raise ResponderError(f"HTTP {response.status}: {detail}")
+            try:
+                data: Any = await response.json(content_type=None)
+                content = data["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise ResponderError(f"unexpected response shape: {exc!r}") from exc
+        if not isinstance(content, str) or not content.strip():
+            raise ResponderError("the reply was empty")
+        return content.strip()
+
+    async def close(self) -> None:
+        await self.fallback.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+def build_messages(request: ReplyRequest) -> list[dict[str, str]]:
+    """The chat-completions messages: persona, what is known, relevant memories, recent turns."""
+    ctx = request.context
+    known = persona.describe_preferences(ctx.preferences)
+    lines = [
+        "You are memory-bot, a friendly chat companion with a long-term memory.",
+        "Answer briefly (under 1,500 characters), warmly, and use what you remember when relevant.",
+        f"You are talking with {request.name}; you have had {ctx.conversations_count} earlier "
+        f"conversations and your friendship level is {ctx.friendship_level}/100 "
+        f"({persona.friendship_tier(ctx.friendship_level)}).",
+    ]
+    if known:
+        lines.append("What they told you about themselves:")
+        lines += [f"- {line}" for line in known]
+    if request.memories:
+        lines.append("Memories relevant to this message, most relevant first:")
+        for scored in request.memories:
+            memory = scored.memory
+            lines.append(f"- [{memory.created_at:%Y-%m-%d}] ({memory.kind}) {memory.text}")
+    messages = [{"role": "system", "content": "\n".join(lines)}]
+    for exchange in ctx.recent[-RECENT_IN_PROMPT:]:
+        messages.append({"role": "user", "content": exchange.message})
+        messages.append({"role": "assistant", "content": exchange.response})
+    messages.append({"role": "user", "content": request.message})
+    return messages
+
+
+def llm_api_key(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    for name in API_KEY_VARIABLES:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def build_responder(settings: Settings, environ: Mapping[str, str] | None = None) -> Responder:
+    """The responder the [bot] settings name; the API key comes only from the environment."""
+    bot = settings.bot
+    if bot.responder == "openai":
+        return OpenAICompatibleResponder(
+            bot.llm_base_url,
+            bot.llm_model,
+            api_key=llm_api_key(environ),
+            timeout=bot.llm_timeout,
+            max_tokens=bot.llm_max_tokens,
+        )
+    return TemplateResponder()

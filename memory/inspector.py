@@ -1,0 +1,649 @@
+"""A read-only view of one data folder, for the admin CLI's read commands.
+
+SQLite is opened with ``mode=ro`` and no other file is written, so every method here is safe
+while a bot owns the folder and none can change its data. Reads that must agree with each other
+run in one read transaction (WAL gives it a consistent snapshot of the database).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import orjson
+
+from memory import validation
+from memory.context import UserContext
+from memory.encoder import Encoder, Vectors, build_encoder
+from memory.errors import (
+    ConfigError,
+    IndexCorruptError,
+    InvalidInputError,
+    StorageError,
+    SystemClosedError,
+    UserNotFoundError,
+    VersionNotFoundError,
+)
+from memory.index import PerUserIndex, watermark_path
+from memory.ownership import LOCK_NAME, holder_pid
+from memory.records import HistoryEntry, Memory, ScoredMemory
+from memory.recovery import DB_NAME, INDEX_NAME, SNAPSHOT_NAME
+from memory.retrieval import Retriever
+from memory.settings import Settings
+from memory.snapshot import read_snapshot
+from memory.store import SCHEMA_VERSION, SqliteStore
+from memory.system import EXPORT_FORMAT, MEMORY_KINDS
+
+# The few reads the store has no method for (see the report: they belong in store.py).
+_CONTEXT_OF = "SELECT data FROM contexts WHERE user_id = ?"
+_MEMORY_COUNTS = "SELECT user_id, count(*) FROM memories GROUP BY user_id"
+_VERSION_COUNT = "SELECT count(*) FROM context_history WHERE user_id = ?"
+_LEXICAL_ROWS = "SELECT count(*) FROM memories_fts"
+_LEXICAL_ORPHANS = "SELECT count(*) FROM memories_fts WHERE rowid NOT IN (SELECT id FROM memories)"
+_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+_EMBEDDING_CHUNK = 500
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """One line of the user listing."""
+
+    user_id: str
+    display_name: str
+    conversations: int
+    friendship: int
+    memories: int
+    version: int
+    last_seen: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "display_name": self.display_name,
+            "conversations": self.conversations,
+            "friendship": self.friendship,
+            "memories": self.memories,
+            "version": self.version,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+        }
+
+
+# sort name -> (key, descending); ties are always broken by user id, ascending.
+USER_SORTS: dict[str, tuple[Callable[[UserRow], Any], bool]] = {
+    "id": (lambda r: r.user_id, False),
+    "name": (lambda r: r.display_name.casefold(), False),
+    "conversations": (lambda r: r.conversations, True),
+    "friendship": (lambda r: r.friendship, True),
+    "memories": (lambda r: r.memories, True),
+    "last-seen": (lambda r: r.last_seen or _NEVER, True),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """What ``show`` prints: the context (None if only memories are stored) and counts."""
+
+    user_id: str
+    context: UserContext | None
+    versions: int
+    memories: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "context": self.context.to_dict() if self.context else None,
+            "versions": self.versions,
+            "memories": self.memories,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPage:
+    memories: list[Memory]
+    offset: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One verify check: ``ok``, ``warn`` (expected while an owner runs) or ``fail``."""
+
+    name: str
+    status: str
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail}
+
+
+class Inspector:
+    """Read-only access to a data folder: ``async with Inspector(folder, settings) as view:``."""
+
+    def __init__(self, data_dir: Path, settings: Settings) -> None:
+        self.data_dir = data_dir
+        self.settings = settings
+        self.db_path = data_dir / DB_NAME
+        self.snapshot_path = data_dir / SNAPSHOT_NAME
+        self.index_path = data_dir / INDEX_NAME
+        self.lock_path = data_dir / LOCK_NAME
+        self._store: SqliteStore | None = None
+
+    async def open(self) -> None:
+        if not self.db_path.is_file():
+            raise StorageError(
+                f"no database at {self.db_path}; check --data-dir (default: storage.data_dir)",
+                self.db_path,
+            )
+        store = SqliteStore(
+            self.db_path, readonly=True, busy_timeout_ms=self.settings.storage.busy_timeout_ms
+        )
+        await store.open(integrity_check=False)
+        self._store = store
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            await store.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            raise SystemClosedError("the inspector is not open")
+        return self._store
+
+    def owner_pid(self) -> int | None:
+        """The pid of the process that owns the folder (-1 if unknown), None if nobody does."""
+        return holder_pid(self.lock_path)
+
+    @asynccontextmanager
+    async def _read_snapshot(self) -> AsyncIterator[None]:
+        """One read transaction, so the reads inside it see the same committed state."""
+        await self.store.fetch("BEGIN")
+        try:
+            yield
+        finally:
+            await self.store.fetch("ROLLBACK")
+
+    @contextmanager
+    def _stored_data(self) -> Iterator[None]:
+        """A row that does not parse is a damaged database, not bad input from the caller."""
+        try:
+            yield
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StorageError(
+                f"database {self.db_path} holds an invalid row: {exc}", self.db_path
+            ) from exc
+
+    # -- users ---------------------------------------------------------------------------------
+
+    async def users(self, sort: str = "id", limit: int | None = None) -> list[UserRow]:
+        if sort not in USER_SORTS:
+            raise InvalidInputError("sort", f"must be one of {', '.join(USER_SORTS)}")
+        async with self._read_snapshot():
+            stored = await self.store.load_contexts()
+            counts = {r[0]: int(r[1]) for r in await self.store.fetch(_MEMORY_COUNTS)}
+        with self._stored_data():
+            contexts = {uid: UserContext.from_dict(orjson.loads(data)) for uid, data in stored}
+        rows = []
+        for uid in sorted(contexts.keys() | counts.keys()):
+            ctx = contexts.get(uid)
+            rows.append(
+                UserRow(
+                    uid,
+                    ctx.display_name if ctx else "",
+                    ctx.conversations_count if ctx else 0,
+                    ctx.friendship_level if ctx else 0,
+                    counts.get(uid, 0),
+                    ctx.version if ctx else 0,
+                    ctx.last_seen if ctx else None,
+                )
+            )
+        key, descending = USER_SORTS[sort]
+        rows.sort(key=key, reverse=descending)  # stable: equal keys keep the id order
+        return rows if limit is None else rows[:limit]
+
+    async def _context(self, uid: str) -> UserContext | None:
+        rows = await self.store.fetch(_CONTEXT_OF, (uid,))
+        if not rows:
+            return None
+        with self._stored_data():
+            return UserContext.from_dict(orjson.loads(rows[0][0]))
+
+    async def require_user(self, user_id: str | int) -> str:
+        """The validated id of a user with a context or memories; else UserNotFoundError."""
+        uid = validation.user_id(user_id)
+        if await self.store.fetch(_CONTEXT_OF, (uid,)) or await self.store.memory_ids(uid):
+            return uid
+        raise UserNotFoundError(uid)
+
+    async def show(self, user_id: str | int) -> UserView:
+        async with self._read_snapshot():
+            uid = await self.require_user(user_id)
+            context = await self._context(uid)
+            versions = int((await self.store.fetch(_VERSION_COUNT, (uid,)))[0][0])
+            memories = len(await self.store.memory_ids(uid))
+        return UserView(uid, context, versions, memories)
+
+    async def history(self, user_id: str | int) -> list[HistoryEntry]:
+        async with self._read_snapshot():
+            uid = await self.require_user(user_id)
+            with self._stored_data():
+                return await self.store.history(uid)
+
+    async def require_version(self, user_id: str | int, version: int) -> UserView:
+        """The user, if its history holds ``version``; else User- or VersionNotFoundError."""
+        version = validation.positive_int("version", version)
+        shown = await self.show(user_id)
+        with self._stored_data():
+            entry = await self.store.history_entry(shown.user_id, version)
+        if entry is None:
+            raise VersionNotFoundError(
+                shown.user_id, version, shown.context.version if shown.context else 0
+            )
+        return shown
+
+    async def memories(self, user_id: str | int, *, limit: int, offset: int = 0) -> MemoryPage:
+        limit = validation.positive_int("limit", limit)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidInputError("offset", "must be a whole number >= 0")
+        async with self._read_snapshot():
+            uid = await self.require_user(user_id)
+            total = len(await self.store.memory_ids(uid))
+            with self._stored_data():
+                page = await self.store.memories(uid, limit=limit, offset=offset)
+        return MemoryPage(page, offset, total)
+
+    async def export_user(self, user_id: str | int) -> dict[str, Any]:
+        """The same document as ``MemorySystem.export_user``, read without owning the folder."""
+        async with self._read_snapshot():
+            uid = await self.require_user(user_id)
+            context = await self._context(uid)
+            with self._stored_data():
+                history = await self.store.history(uid)
+                memories = await self.store.memories(uid)
+        return {
+            "format": EXPORT_FORMAT,
+            "user_id": uid,
+            "exported_at": datetime.now(UTC).isoformat(),
+            "context": context.to_dict() if context else None,
+            "history": [entry.to_dict() for entry in history],
+            "memories": [memory.to_dict() for memory in memories],
+        }
+
+    async def stored_model(self) -> str | None:
+        """The embedding model that made the stored embeddings."""
+        return await self.store.get_meta("embedding_model")
+
+    async def embedded_count(self) -> int:
+        return (await self.store.embedding_watermark())[0]
+
+    # -- search --------------------------------------------------------------------------------
+
+    async def search(
+        self, user_id: str | int, query: str, k: int = 5, kinds: Iterable[str] | None = None
+    ) -> list[ScoredMemory]:
+        """What ``MemorySystem.retrieve_memory`` ranks, computed from the database alone.
+
+        Dense scores come from the user's embeddings in SQLite (the same vectors the running
+        owner holds in FAISS), so memories the owner has not saved to the index file yet count.
+        """
+        cfg = self.settings.retrieval
+        query = validation.text(
+            "query", query, self.settings.limits.max_text_length, allow_empty=False
+        )
+        k = validation.positive_int("k", k)
+        if k > cfg.max_k:
+            raise InvalidInputError("k", f"must be at most {cfg.max_k} (retrieval.max_k)")
+        kind_set = None if kinds is None else frozenset(kinds)
+        if kind_set is not None and not kind_set <= MEMORY_KINDS:
+            raise InvalidInputError("kinds", f"must be among {sorted(MEMORY_KINDS)}")
+        uid = await self.require_user(user_id)
+        index, vector = await self._user_index(uid, query)
+        retriever = Retriever(self.store, cfg, _run_inline)
+        with self._stored_data():
+            return await retriever.retrieve(index, uid, query, vector, k, kind_set)
+
+    async def _user_index(self, uid: str, query: str) -> tuple[PerUserIndex, Vectors]:
+        """The user's vectors from SQLite in a private index, and the query's vector."""
+        ids = await self.store.memory_ids(uid)
+        rows: list[tuple[int, str, bytes]] = []
+        for start in range(0, len(ids), _EMBEDDING_CHUNK):
+            rows += await self.store.embeddings_for(ids[start : start + _EMBEDDING_CHUNK])
+        if not rows:  # nothing embedded yet: no need to load the model
+            return PerUserIndex(1, "none"), np.zeros(1, dtype=np.float32)
+        model = await self.stored_model()
+        encoder = await open_encoder(self.settings, model)
+        try:
+            vector = (await encoder.encode([query]))[0]
+        finally:
+            await encoder.close()
+        index = PerUserIndex(encoder.dim, encoder.name)
+        vectors = np.vstack([np.frombuffer(blob, dtype=np.float32) for _, _, blob in rows])
+        index.add(uid, [mid for mid, _, _ in rows], vectors)
+        return index, vector
+
+
+    # -- stats ---------------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        store = self.store
+        async with self._read_snapshot():
+            memories = await store.count("memories")
+            embedded, max_id = await store.embedding_watermark()
+            counts = {
+                "users": await store.count("contexts"),
+                "history_rows": await store.count("context_history"),
+                "memories": memories,
+                "lexical_rows": int((await store.fetch(_LEXICAL_ROWS))[0][0]),
+                "embedded": embedded,
+                "pending_embeddings": memories - embedded,
+                "highest_embedded_id": max_id,
+            }
+            model = await self.stored_model()
+            schema = int((await store.fetch(_SCHEMA_VERSION))[0][0])
+        files = {
+            name: _size(self.data_dir / name)
+            for name in (
+                DB_NAME,
+                f"{DB_NAME}-wal",
+                f"{DB_NAME}-shm",
+                SNAPSHOT_NAME,
+                INDEX_NAME,
+                watermark_path(self.index_path).name,
+                LOCK_NAME,
+            )
+        }
+        return {
+            "data_dir": str(self.data_dir),
+            "owner_pid": self.owner_pid(),
+            **counts,
+            "embedding_model": model,
+            "schema_version": schema,
+            "snapshot": snapshot_info(self.snapshot_path),
+            "index": index_info(self.index_path),
+            "files": files,
+            "total_bytes": sum(size for size in files.values() if size is not None),
+        }
+
+    # -- verify --------------------------------------------------------------------------------
+
+    async def verify(self) -> list[Check]:
+        """Database integrity, lexical rows, snapshot against database, index watermark."""
+        owner = self.owner_pid()
+        return [
+            await _guarded("database", self._check_database),
+            await _guarded("lexical", self._check_lexical),
+            await _guarded("snapshot", lambda: self._check_snapshot(owner)),
+            await _guarded("index", lambda: self._check_index(owner)),
+        ]
+
+    async def _check_database(self) -> Check:
+        problems = [
+            " ".join(str(r[0]).split()) for r in await self.store.fetch("PRAGMA integrity_check")
+        ]
+        if problems != ["ok"]:
+            shown = "; ".join(problems[:3])
+            return Check(
+                "database",
+                FAIL,
+                f"{self.db_path}: integrity_check found {len(problems)} problem(s): {shown}",
+            )
+        schema = int((await self.store.fetch(_SCHEMA_VERSION))[0][0])
+        if schema > SCHEMA_VERSION:
+            return Check(
+                "database",
+                FAIL,
+                f"{self.db_path}: schema {schema} is newer than this program's {SCHEMA_VERSION}",
+            )
+        status = OK if schema == SCHEMA_VERSION else WARN
+        note = "" if status == OK else f" (migrated to {SCHEMA_VERSION} at the next start)"
+        return Check(
+            "database", status, f"{self.db_path}: integrity_check ok, schema {schema}{note}"
+        )
+
+    async def _check_lexical(self) -> Check:
+        async with self._read_snapshot():
+            memories = await self.store.count("memories")
+            rows = int((await self.store.fetch(_LEXICAL_ROWS))[0][0])
+            orphans = int((await self.store.fetch(_LEXICAL_ORPHANS))[0][0])
+        missing = memories - (rows - orphans)
+        if orphans or missing:
+            return Check(
+                "lexical",
+                FAIL,
+                f"memories_fts has {orphans} row(s) of deleted memories and lacks {missing}",
+            )
+        return Check("lexical", OK, f"{rows} memories_fts rows, one per memory")
+
+    async def _check_snapshot(self, owner: int | None) -> Check:
+        path = self.snapshot_path
+        stored = await self.store.load_contexts()
+        with self._stored_data():
+            db_versions = {uid: int(orjson.loads(data)["version"]) for uid, data in stored}
+        if not path.exists():
+            if not db_versions:
+                return Check(
+                    "snapshot", OK, f"{path} not written yet; the database has no contexts"
+                )
+            return Check(
+                "snapshot",
+                WARN if owner else FAIL,
+                f"{path} is missing; it is rewritten at the next save",
+            )
+        users = read_snapshot(path)
+        snap_versions: dict[str, int] = {}
+        for number, raw in enumerate(users, 1):
+            try:
+                ctx = UserContext.from_dict(raw)
+            except (ValueError, TypeError, KeyError) as exc:
+                return Check(
+                    "snapshot", FAIL, f"{path}: entry {number} is not a valid context: {exc}"
+                )
+            snap_versions[ctx.user_id] = ctx.version
+        if snap_versions == db_versions:
+            return Check(
+                "snapshot",
+                OK,
+                f"{path}: {len(users)} users, same users and versions as the database",
+            )
+        only_db = sorted(db_versions.keys() - snap_versions.keys())
+        only_snap = sorted(snap_versions.keys() - db_versions.keys())
+        changed = sorted(
+            u
+            for u in db_versions.keys() & snap_versions.keys()
+            if db_versions[u] != snap_versions[u]
+        )
+        example = next(
+            (f"e.g. {u!r} at version {snap_versions[u]} vs {db_versions[u]}" for u in changed),
+            f"e.g. {(only_db or only_snap)[0]!r}" if only_db or only_snap else "",
+        )
+        detail = (
+            f"{path} differs from the database: {len(only_db)} user(s) only in the database, "
+            f"{len(only_snap)} only in the snapshot, {len(changed)} at another version ({example})"
+        )
+        if owner:
+            return Check(
+                "snapshot",
+                WARN,
+                f"{detail}; the owner (pid {owner}) saves it within "
+                f"{self.settings.storage.save_interval:g} s of a change",
+            )
+        return Check(
+            "snapshot", FAIL, f"{detail}; it is rewritten from the database at the next start"
+        )
+
+    async def _check_index(self, owner: int | None) -> Check:
+        path = self.index_path
+        async with self._read_snapshot():
+            count, max_id = await self.store.embedding_watermark()
+            owners = dict(await self.store.embedded_ids())
+            model = await self.stored_model()
+        mark_path = watermark_path(path)
+        if not path.exists() and not mark_path.exists():
+            if count == 0:
+                return Check("index", OK, f"{path} not written yet; no memory has an embedding")
+            return Check(
+                "index",
+                WARN if owner else FAIL,
+                f"{path} is missing; SQLite has {count} embeddings (run rebuild-index)",
+            )
+        # The owner replaces the index file, then its watermark: a read between the two sees a
+        # mismatched pair, so while the folder is owned one more read settles it.
+        for _ in range(2 if owner else 1):
+            read = _read_index(path, owners, model)
+            if isinstance(read, tuple):
+                break
+        if not isinstance(read, tuple):
+            return Check("index", FAIL, f"{read}; run rebuild-index")
+        mark_count, mark_max = read
+        if (mark_count, mark_max) == (count, max_id):
+            return Check("index", OK, f"{path}: {count} vectors up to id {max_id}, as in SQLite")
+        detail = (
+            f"{path} is stale: it holds {mark_count} vectors up to id {mark_max}, SQLite has "
+            f"{count} embeddings up to id {max_id}"
+        )
+        if owner:
+            return Check(
+                "index",
+                WARN,
+                f"{detail}; the owner (pid {owner}) saves it periodically and on close",
+            )
+        return Check(
+            "index", FAIL, f"{detail}; run rebuild-index (or it is caught up at the next start)"
+        )
+
+
+def _read_index(path: Path, owners: dict[int, str], model: str | None) -> tuple[int, int] | str:
+    """The watermark's (count, highest id) of an index that loads, or what is wrong with it."""
+    mark_path = watermark_path(path)
+    try:
+        mark = json.loads(mark_path.read_text())
+        mark_count, mark_max = int(mark["count"]), int(mark["max_id"])
+        PerUserIndex.load(path, owners, model or str(mark["model"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{mark_path} is unreadable: {exc}"
+    except IndexCorruptError as exc:
+        return str(exc)
+    return mark_count, mark_max
+
+
+async def _guarded(name: str, check: Callable[[], Any]) -> Check:
+    """Run one check; a file that cannot be read fails this check and leaves the others to run."""
+    try:
+        result: Check = await check()
+    except StorageError as exc:
+        return Check(name, FAIL, str(exc))
+    return result
+
+
+async def open_encoder(settings: Settings, stored_model: str | None) -> Encoder:
+    """The configured encoder, refused if it is not the model that made the stored embeddings."""
+    encoder = await build_encoder(settings.encoder)
+    if stored_model is not None and encoder.name != stored_model:
+        await encoder.close()
+        raise ConfigError(
+            f"the stored embeddings were made by {stored_model}, but the configured encoder is "
+            f"{encoder.name}; pass the bot's --config (or MEMORY_BOT_ENCODER_* variables)"
+        )
+    return encoder
+
+
+async def stored_model_of(data_dir: Path, settings: Settings) -> str | None:
+    """The embedding model recorded in the folder's database; None for a new folder."""
+    view = Inspector(data_dir, settings)
+    if not view.db_path.exists():
+        return None
+    async with view:
+        return await view.stored_model()
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def snapshot_info(path: Path) -> dict[str, Any]:
+    """The snapshot's header, or what is wrong with it."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {"path": str(path), "present": False}
+    except (OSError, orjson.JSONDecodeError) as exc:
+        return {"path": str(path), "present": True, "problem": f"unreadable: {exc}"}
+    if not isinstance(data, dict):
+        return {"path": str(path), "present": True, "problem": "not a memory-bot snapshot"}
+    return {
+        "path": str(path),
+        "present": True,
+        "format": data.get("format"),
+        "format_version": data.get("format_version"),
+        "saved_at": data.get("saved_at"),
+        "count": data.get("count"),
+    }
+
+
+def index_info(path: Path) -> dict[str, Any]:
+    """The index watermark (count, highest id, dim, model), or what is wrong with it."""
+    mark_path = watermark_path(path)
+    try:
+        mark = json.loads(mark_path.read_text())
+    except FileNotFoundError:
+        return {"path": str(path), "present": path.exists()}
+    except (OSError, ValueError) as exc:
+        return {
+            "path": str(path),
+            "present": path.exists(),
+            "problem": f"{mark_path} unreadable: {exc}",
+        }
+    if not isinstance(mark, dict):
+        return {
+            "path": str(path),
+            "present": path.exists(),
+            "problem": f"{mark_path} is not a watermark",
+        }
+    return {
+        "path": str(path),
+        "present": path.exists(),
+        **{key: mark.get(key) for key in ("count", "max_id", "dim", "model")},
+    }
+
+
+__all__ = [
+    "USER_SORTS",
+    "Check",
+    "Inspector",
+    "MemoryPage",
+    "UserRow",
+    "UserView",
+    "open_encoder",
+    "stored_model_of",
+]
+
+
+async def _run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """The inspector's private index needs no worker thread."""
+    return fn(*args)
