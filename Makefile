@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install install-onnx run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Optional: the ONNX backend (encoder.backend = "onnx"). optimum-onnx needs transformers < 4.58,
+# so this pins an older sentence-transformers than the default install.
+install-onnx: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[onnx]"
 
 run: $(STAMP)
 	$(PY) -m bot $(ARGS)

@@ -30,7 +30,9 @@ def log(message: str) -> None:
 
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help="a smaller run (< 60 s), for smoke tests")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller run (< 60 s), for smoke tests"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     parser.add_argument("--seed", type=int, default=1234, help="random seed of the synthetic data")
     return parser.parse_args()

@@ -29,10 +29,7 @@ from _common import (
 
 from memory import MemorySystem, Settings, load_settings
 
-WORDS = (
-    "pizza coffee hiking chess jazz rain painting python guitar soup trains tea cats dogs "
-    "football poetry gardening sushi camping movies baking cycling history space robots"
-).split()
+WORDS = ["pizza", "coffee", "hiking", "chess", "jazz", "rain", "painting", "python", "guitar", "soup", "trains", "tea", "cats", "dogs", "football", "poetry", "gardening", "sushi", "camping", "movies", "baking", "cycling", "history", "space", "robots"]
 VERBS = ("like", "love", "hate", "tried", "talked about", "want to learn", "miss", "dream of")
 
 
@@ -68,11 +65,15 @@ def message(rng: random.Random) -> tuple[str, str]:
     return text, f"Nice, tell me more about {rng.choice(WORDS)}!"
 
 
-async def populate(ms: MemorySystem, users: list[str], rng: random.Random, chunk: int = 1_000) -> float:
+async def populate(
+    ms: MemorySystem, users: list[str], rng: random.Random, chunk: int = 1_000
+) -> float:
     """One update_context per user, ``chunk`` at a time; returns the seconds taken."""
     started = time.perf_counter()
     for start in range(0, len(users), chunk):
-        await asyncio.gather(*(ms.update_context(uid, *message(rng)) for uid in users[start : start + chunk]))
+        await asyncio.gather(
+            *(ms.update_context(uid, *message(rng)) for uid in users[start : start + chunk])
+        )
         if start and start % 20_000 == 0:
             log(f"  populated {start:,} users")
     return time.perf_counter() - started
@@ -122,16 +123,18 @@ async def wait_for_save(ms: MemorySystem, before: int, timeout: float = 30.0) ->
     would also run two count(*) queries per poll, which would disturb what is measured.
     """
     started = time.perf_counter()
-    while ms._saver.saves <= before:  # noqa: SLF001
+    while ms._saver.saves <= before:
         if time.perf_counter() - started > timeout:
             raise TimeoutError("the auto-saver did not save")
         await asyncio.sleep(0.001)
     return time.perf_counter() - started
 
 
-async def save_round(ms: MemorySystem, uid: str, rng: random.Random, interval: float) -> dict[str, Any]:
+async def save_round(
+    ms: MemorySystem, uid: str, rng: random.Random, interval: float
+) -> dict[str, Any]:
     await asyncio.sleep(interval * 1.5)  # past the coalescing window: the save starts at once
-    before = ms._saver.saves  # noqa: SLF001 (read-only counter, see wait_for_save)
+    before = ms._saver.saves
     ticker = StallTicker()
     ticker.start()
     await asyncio.sleep(0.02)
@@ -158,13 +161,20 @@ async def bench_snapshot(folder: Path, cfg: Config, rng: random.Random) -> dict[
     )
     async with MemorySystem(folder, settings=populate_settings) as ms:
         populate_seconds = await populate(ms, users, rng)
-    log(f"  populated {len(users):,} users in {populate_seconds:.1f} s; reopening with save_interval 0.2 s")
+    log(
+        f"  populated {len(users):,} users in {populate_seconds:.1f} s; reopening with save_interval 0.2 s"
+    )
     interval = 0.2
-    save_settings = bench_settings(storage={"save_interval": interval}, retrieval={"store_exchanges": False})
+    save_settings = bench_settings(
+        storage={"save_interval": interval}, retrieval={"store_exchanges": False}
+    )
     started = time.perf_counter()
     async with MemorySystem(folder, settings=save_settings) as ms:
         reopen_seconds = time.perf_counter() - started
-        rounds = [await save_round(ms, users[rng.randrange(len(users))], rng, interval) for _ in range(cfg.snapshot_rounds)]
+        rounds = [
+            await save_round(ms, users[rng.randrange(len(users))], rng, interval)
+            for _ in range(cfg.snapshot_rounds)
+        ]
     return {
         "users": cfg.snapshot_users,
         "populate_seconds": round(populate_seconds, 2),
@@ -293,7 +303,9 @@ async def drain_embeddings(ms: MemorySystem, timeout: float = 60.0) -> float:
     return round(time.perf_counter() - started, 3)
 
 
-async def bench_updates(folder: Path, cfg: Config, store_exchanges: bool, seed: int) -> dict[str, Any]:
+async def bench_updates(
+    folder: Path, cfg: Config, store_exchanges: bool, seed: int
+) -> dict[str, Any]:
     settings = bench_settings(retrieval={"store_exchanges": store_exchanges})
     users = user_ids(cfg.update_users)
     async with MemorySystem(folder, settings=settings) as ms:
@@ -304,7 +316,9 @@ async def bench_updates(folder: Path, cfg: Config, store_exchanges: bool, seed: 
         log(f"  closed loop: {closed['updates_per_s']:,}/s, p99 {closed['latency_ms']['p99']} ms")
         opened = await open_loop(ms, users, cfg, seed + 1)
         opened["embedding_drain_after_s"] = await drain_embeddings(ms)
-        log(f"  open loop: {opened['achieved_per_s']:,}/s, p99 {opened['latency_from_schedule_ms']['p99']} ms")
+        log(
+            f"  open loop: {opened['achieved_per_s']:,}/s, p99 {opened['latency_from_schedule_ms']['p99']} ms"
+        )
         stats = await ms.stats()
     return {
         "settings": {
@@ -333,7 +347,9 @@ def update_targets(label: str, run: dict[str, Any], rate: float) -> dict[str, An
     verdict["met"] = verdict["met"] and kept_up
     verdict["achieved_per_s"] = opened["achieved_per_s"]
     return {
-        f"update_throughput_per_s[{label}]": met(run["closed_loop"]["updates_per_s"], 5_000, at_least=True),
+        f"update_throughput_per_s[{label}]": met(
+            run["closed_loop"]["updates_per_s"], 5_000, at_least=True
+        ),
         f"update_p99_ms_at_{int(rate)}_per_s[{label}]": verdict,
     }
 
@@ -365,7 +381,9 @@ async def run(cfg: Config, seed: int) -> dict[str, Any]:
             label = f"store_exchanges={str(store_exchanges).lower()}"
             log(f"3/3 update_context, {label}")
             folder = root / f"updates-{store_exchanges}"
-            result["update_context"][label] = await bench_updates(folder, cfg, store_exchanges, seed)
+            result["update_context"][label] = await bench_updates(
+                folder, cfg, store_exchanges, seed
+            )
     return result
 
 

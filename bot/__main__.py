@@ -53,9 +53,7 @@ def default_user() -> ConsoleUser:
     return ConsoleUser(f"console-{login}", login)
 
 
-async def run_discord(
-    token: str, memory: MemorySystem, settings: Settings, responder: Responder
-) -> None:
+async def run_discord(token: str, memory: MemorySystem, settings: Settings, responder: Responder) -> None:
     """Run until the connection ends or SIGINT/SIGTERM; close() saves the memory either way."""
     bot = MemoryBot(memory, settings, responder=responder)
     stop = asyncio.Event()

@@ -89,9 +89,7 @@ class MemoryActions:
     async def _forget_all(self, user_id: str | int, confirm: str | None, prefix: str) -> str:
         key = str(user_id)
         now = self._clock()
-        self._pending_forget_all = {
-            k: until for k, until in self._pending_forget_all.items() if until > now
-        }
+        self._pending_forget_all = {k: until for k, until in self._pending_forget_all.items() if until > now}
         if (confirm or "").strip().lower() == CONFIRM_WORD and key in self._pending_forget_all:
             del self._pending_forget_all[key]
             known = await self.memory.forget_user(user_id, actor="bot")

@@ -111,9 +111,7 @@ def _remove_item(items: list[str], value: str) -> list[str]:
     return [item for item in items if item.lower() != value.lower()]
 
 
-def preference_changes(
-    current: Mapping[str, Any], found: list[Preference]
-) -> dict[str, str | None]:
+def preference_changes(current: Mapping[str, Any], found: list[Preference]) -> dict[str, str | None]:
     """The ``set_preference`` calls that apply ``found`` to ``current`` (None removes a key).
 
     Likes and dislikes are kept as comma-separated lists; liking a thing drops it from the

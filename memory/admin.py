@@ -64,9 +64,7 @@ def _when(at: datetime | None) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if at else "-"
 
 
-def _table(
-    headers: Sequence[str], rows: Iterable[Sequence[object]], right: Collection[int] = ()
-) -> str:
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], right: Collection[int] = ()) -> str:
     """Columns aligned with spaces; ``right`` holds the indexes of numeric columns."""
     cells = [[str(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
@@ -121,9 +119,7 @@ async def cmd_users(args: argparse.Namespace, settings: Settings, data_dir: Path
 def _show_text(shown: UserView) -> str:
     ctx = shown.context
     if ctx is None:
-        return _pairs(
-            [("user", shown.user_id), ("context", "(none stored)"), ("memories", shown.memories)]
-        )
+        return _pairs([("user", shown.user_id), ("context", "(none stored)"), ("memories", shown.memories)])
     lines = [
         _pairs(
             [
@@ -254,11 +250,7 @@ def _stats_text(stats: dict[str, Any]) -> str:
                     ("data folder", stats["data_dir"]),
                     (
                         "owner",
-                        "none"
-                        if owner is None
-                        else f"process {owner}"
-                        if owner > 0
-                        else "a process",
+                        "none" if owner is None else f"process {owner}" if owner > 0 else "a process",
                     ),
                     ("schema version", stats["schema_version"]),
                     ("embedding model", stats["embedding_model"]),
@@ -302,9 +294,7 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings, data_dir: Pat
         for c in checks:
             print(f"{c.status.upper():4}  {c.name.ljust(width)}  {c.detail}")
         print(
-            f"{len(failed)} of {len(checks)} checks failed"
-            if failed
-            else f"all {len(checks)} checks passed"
+            f"{len(failed)} of {len(checks)} checks failed" if failed else f"all {len(checks)} checks passed"
         )
     return 1 if failed else 0
 
@@ -338,9 +328,7 @@ def _owner_allows(args: argparse.Namespace, data_dir: Path) -> bool:
         return True
     if not args.force:
         locked = DataDirLockedError(data_dir / LOCK_NAME, pid if pid > 0 else None)
-        raise CommandError(
-            f"{locked}; --force runs anyway (risky: the owner does not see the change)"
-        )
+        raise CommandError(f"{locked}; --force runs anyway (risky: the owner does not see the change)")
     print(
         f"{PROG}: warning: {data_dir} is owned by process {pid}; going ahead because of --force",
         file=sys.stderr,
@@ -352,9 +340,7 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
     if args.yes:
         return
     if not sys.stdin.isatty():
-        raise UsageError(
-            f"{args.command} changes data and stdin is not a terminal to confirm it; pass --yes"
-        )
+        raise UsageError(f"{args.command} changes data and stdin is not a terminal to confirm it; pass --yes")
     print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
     if sys.stdin.readline().strip().lower() not in ("y", "yes"):
         raise CommandError("cancelled; nothing was changed")
@@ -365,9 +351,7 @@ async def _system(settings: Settings, data_dir: Path, own: bool) -> AsyncIterato
     """A started MemorySystem whose encoder made the stored embeddings (else it re-embeds all)."""
     encoder = await open_encoder(settings, await stored_model_of(data_dir, settings))
     try:
-        async with MemorySystem(
-            data_dir, settings=settings, encoder=encoder, take_ownership=own
-        ) as system:
+        async with MemorySystem(data_dir, settings=settings, encoder=encoder, take_ownership=own) as system:
             yield system
     finally:
         await encoder.close()
@@ -417,8 +401,7 @@ async def cmd_import(args: argparse.Namespace, settings: Settings, data_dir: Pat
     count = len(memories) if isinstance(memories, list) else 0
     _confirm(
         args,
-        f"Import user {document.get('user_id')!r} ({count} memories) from {args.file} "
-        f"into {data_dir}?",
+        f"Import user {document.get('user_id')!r} ({count} memories) from {args.file} into {data_dir}?",
     )
     async with _system(settings, data_dir, own) as system:
         ctx = await system.import_user(document, actor="admin")
@@ -505,13 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also log what the library does",
     )
     reading = argparse.ArgumentParser(add_help=False)
-    reading.add_argument(
-        "--json", action="store_true", help="print JSON for scripts instead of a table"
-    )
+    reading.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     changing = argparse.ArgumentParser(add_help=False)
-    changing.add_argument(
-        "-y", "--yes", action="store_true", help="change the data without asking first"
-    )
+    changing.add_argument("-y", "--yes", action="store_true", help="change the data without asking first")
     changing.add_argument(
         "--force",
         action="store_true",
@@ -532,16 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
     def add(
         name: str, handler: Handler, summary: str, parents: list[argparse.ArgumentParser]
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=summary, description=summary, parents=[common, *parents]
-        )
+        sub = commands.add_parser(name, help=summary, description=summary, parents=[common, *parents])
         sub.set_defaults(handler=handler)
         return sub
 
     user_help = "the user id (a Discord id or any stored id)"
-    sub = add(
-        "users", cmd_users, "list users with their counts and when they were last seen", [reading]
-    )
+    sub = add("users", cmd_users, "list users with their counts and when they were last seen", [reading])
     sub.add_argument(
         "--sort",
         choices=list(USER_SORTS),
@@ -567,9 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("user", help=user_help)
     sub.add_argument("--limit", type=_positive, default=20, help="memories per page (default 20)")
     sub.add_argument("--offset", type=_not_negative, default=0, help="memories to skip (default 0)")
-    sub = add(
-        "search", cmd_search, "rank a user's memories for a query: score and rankers", [reading]
-    )
+    sub = add("search", cmd_search, "rank a user's memories for a query: score and rankers", [reading])
     sub.add_argument("user", help=user_help)
     sub.add_argument("query", help="the text to search for")
     sub.add_argument("-k", type=_positive, default=5, help="how many results (default 5)")

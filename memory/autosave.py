@@ -23,9 +23,7 @@ MAX_BACKOFF = 60.0
 
 
 class AutoSaver:
-    def __init__(
-        self, path: Path, interval: float, source: Callable[[], tuple[list[bytes], int]]
-    ) -> None:
+    def __init__(self, path: Path, interval: float, source: Callable[[], tuple[list[bytes], int]]) -> None:
         self.path = path
         self.interval = interval
         self._source = source

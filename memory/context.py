@@ -24,6 +24,8 @@ class FrozenMap(Mapping[str, Any]):
     """A read-only, hashable mapping: item assignment and deletion raise TypeError."""
 
     __slots__ = ("_data", "_hash")
+    _data: dict[str, Any]
+    _hash: int | None
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_data", dict(data or {}))
@@ -41,7 +43,8 @@ class FrozenMap(Mapping[str, Any]):
     def __hash__(self) -> int:
         if self._hash is None:
             object.__setattr__(self, "_hash", hash(frozenset(self._data.items())))
-        return self._hash  # type: ignore[return-value]
+        assert self._hash is not None
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Mapping):
@@ -113,7 +116,8 @@ class Exchange:
 def _check_preference(key: Any, value: Any) -> None:
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_PREFERENCE_KEY:
         raise InvalidInputError(
-            "preference key", f"must be a non-empty string of at most {MAX_PREFERENCE_KEY} characters"
+            "preference key",
+            f"must be a non-empty string of at most {MAX_PREFERENCE_KEY} characters",
         )
     if not isinstance(value, str | int | float | bool):
         raise InvalidInputError(
@@ -143,12 +147,16 @@ class UserContext:
         # Coerce the mutable forms a caller may pass into their frozen forms, then validate.
         if not isinstance(self.user_id, str) or not self.user_id:
             raise InvalidInputError("user_id", "must be a non-empty string")
-        if not isinstance(self.preferences, FrozenMap):
-            if not isinstance(self.preferences, Mapping):
+        preferences: object = self.preferences
+        if not isinstance(preferences, FrozenMap):
+            if not isinstance(preferences, Mapping):
                 raise InvalidInputError("preferences", "must be a mapping")
-            object.__setattr__(self, "preferences", FrozenMap(self.preferences))
-        if not isinstance(self.recent, tuple):
-            object.__setattr__(self, "recent", tuple(self.recent))
+            object.__setattr__(self, "preferences", FrozenMap(preferences))
+        recent: object = self.recent
+        if not isinstance(recent, tuple):
+            if not isinstance(recent, list):
+                raise InvalidInputError("recent", "must be a tuple or list of exchanges")
+            object.__setattr__(self, "recent", tuple(recent))
         for key, value in self.preferences.items():
             _check_preference(key, value)
         if not all(isinstance(e, Exchange) for e in self.recent):

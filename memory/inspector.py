@@ -192,9 +192,7 @@ class Inspector:
         try:
             yield
         except (ValueError, TypeError, KeyError) as exc:
-            raise StorageError(
-                f"database {self.db_path} holds an invalid row: {exc}", self.db_path
-            ) from exc
+            raise StorageError(f"database {self.db_path} holds an invalid row: {exc}", self.db_path) from exc
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -259,9 +257,7 @@ class Inspector:
         with self._stored_data():
             entry = await self.store.history_entry(shown.user_id, version)
         if entry is None:
-            raise VersionNotFoundError(
-                shown.user_id, version, shown.context.version if shown.context else 0
-            )
+            raise VersionNotFoundError(shown.user_id, version, shown.context.version if shown.context else 0)
         return shown
 
     async def memories(self, user_id: str | int, *, limit: int, offset: int = 0) -> MemoryPage:
@@ -310,9 +306,7 @@ class Inspector:
         owner holds in FAISS), so memories the owner has not saved to the index file yet count.
         """
         cfg = self.settings.retrieval
-        query = validation.text(
-            "query", query, self.settings.limits.max_text_length, allow_empty=False
-        )
+        query = validation.text("query", query, self.settings.limits.max_text_length, allow_empty=False)
         k = validation.positive_int("k", k)
         if k > cfg.max_k:
             raise InvalidInputError("k", f"must be at most {cfg.max_k} (retrieval.max_k)")
@@ -343,7 +337,6 @@ class Inspector:
         vectors = np.vstack([np.frombuffer(blob, dtype=np.float32) for _, _, blob in rows])
         index.add(uid, [mid for mid, _, _ in rows], vectors)
         return index, vector
-
 
     # -- stats ---------------------------------------------------------------------------------
 
@@ -400,9 +393,7 @@ class Inspector:
         ]
 
     async def _check_database(self) -> Check:
-        problems = [
-            " ".join(str(r[0]).split()) for r in await self.store.fetch("PRAGMA integrity_check")
-        ]
+        problems = [" ".join(str(r[0]).split()) for r in await self.store.fetch("PRAGMA integrity_check")]
         if problems != ["ok"]:
             shown = "; ".join(problems[:3])
             return Check(
@@ -419,9 +410,7 @@ class Inspector:
             )
         status = OK if schema == SCHEMA_VERSION else WARN
         note = "" if status == OK else f" (migrated to {SCHEMA_VERSION} at the next start)"
-        return Check(
-            "database", status, f"{self.db_path}: integrity_check ok, schema {schema}{note}"
-        )
+        return Check("database", status, f"{self.db_path}: integrity_check ok, schema {schema}{note}")
 
     async def _check_lexical(self) -> Check:
         async with self._read_snapshot():
@@ -444,9 +433,7 @@ class Inspector:
             db_versions = {uid: int(orjson.loads(data)["version"]) for uid, data in stored}
         if not path.exists():
             if not db_versions:
-                return Check(
-                    "snapshot", OK, f"{path} not written yet; the database has no contexts"
-                )
+                return Check("snapshot", OK, f"{path} not written yet; the database has no contexts")
             return Check(
                 "snapshot",
                 WARN if owner else FAIL,
@@ -458,9 +445,7 @@ class Inspector:
             try:
                 ctx = UserContext.from_dict(raw)
             except (ValueError, TypeError, KeyError) as exc:
-                return Check(
-                    "snapshot", FAIL, f"{path}: entry {number} is not a valid context: {exc}"
-                )
+                return Check("snapshot", FAIL, f"{path}: entry {number} is not a valid context: {exc}")
             snap_versions[ctx.user_id] = ctx.version
         if snap_versions == db_versions:
             return Check(
@@ -471,9 +456,7 @@ class Inspector:
         only_db = sorted(db_versions.keys() - snap_versions.keys())
         only_snap = sorted(snap_versions.keys() - db_versions.keys())
         changed = sorted(
-            u
-            for u in db_versions.keys() & snap_versions.keys()
-            if db_versions[u] != snap_versions[u]
+            u for u in db_versions.keys() & snap_versions.keys() if db_versions[u] != snap_versions[u]
         )
         example = next(
             (f"e.g. {u!r} at version {snap_versions[u]} vs {db_versions[u]}" for u in changed),
@@ -490,9 +473,7 @@ class Inspector:
                 f"{detail}; the owner (pid {owner}) saves it within "
                 f"{self.settings.storage.save_interval:g} s of a change",
             )
-        return Check(
-            "snapshot", FAIL, f"{detail}; it is rewritten from the database at the next start"
-        )
+        return Check("snapshot", FAIL, f"{detail}; it is rewritten from the database at the next start")
 
     async def _check_index(self, owner: int | None) -> Check:
         path = self.index_path
@@ -530,9 +511,7 @@ class Inspector:
                 WARN,
                 f"{detail}; the owner (pid {owner}) saves it periodically and on close",
             )
-        return Check(
-            "index", FAIL, f"{detail}; run rebuild-index (or it is caught up at the next start)"
-        )
+        return Check("index", FAIL, f"{detail}; run rebuild-index (or it is caught up at the next start)")
 
 
 def _read_index(path: Path, owners: dict[int, str], model: str | None) -> tuple[int, int] | str:

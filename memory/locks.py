@@ -62,7 +62,10 @@ class OrderedLock:
         self._tokens.append(_held.set((*held, self.level)))
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         _held.reset(self._tokens.pop())
         self._lock.release()
@@ -131,7 +134,10 @@ class HeldUserLock:
         self._token = _held.set((*held, LockLevel.USER))
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         _held.reset(self._token)
         self._entry.lock.release()

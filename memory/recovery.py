@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiofiles.os
 import orjson
 
 from memory.context import UserContext
@@ -37,21 +38,22 @@ class StartupReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 async def open_store(store: SqliteStore, snapshot: Path, report: StartupReport, *, check: bool) -> None:
     """Open ``store``, rebuilding it from ``snapshot`` when the database file is missing."""
-    if store.path.exists():
+    snapshot_exists = await aiofiles.os.path.exists(snapshot)
+    if await aiofiles.os.path.exists(store.path):
         try:
             report.migrations_applied = await store.open(integrity_check=check)
         except StorageError as exc:
-            if exc.path == store.path and snapshot.exists():
+            if exc.path == store.path and snapshot_exists:
                 raise damaged_database(store.path, exc.__cause__ or exc, snapshot) from exc
             raise
         return
     users: list[dict[str, Any]] = []
-    if snapshot.exists():
+    if snapshot_exists:
         try:
             users = read_snapshot(snapshot)
         except SnapshotCorruptError as exc:
@@ -62,7 +64,7 @@ async def open_store(store: SqliteStore, snapshot: Path, report: StartupReport, 
             ) from exc
     report.created_database = True
     report.migrations_applied = await store.open(integrity_check=False)
-    if snapshot.exists():
+    if snapshot_exists:
         await _rebuild_contexts(store, snapshot, users)
         report.rebuilt_from_snapshot = len(users)
         note = (

@@ -16,13 +16,12 @@ Reciprocal rank fusion loses here because it throws away how far ahead the best 
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-
-import math
 
 from memory.encoder import Vectors
 from memory.index import PerUserIndex
@@ -37,14 +36,15 @@ _TOKEN = re.compile(r"[\w']+", re.UNICODE)
 
 # Words that carry no topic; BM25 would still reward them, and they cost MATCH time.
 STOP_WORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before
-    being below between both but by can could did do does doing down during each few for from
-    further had has have having he her here hers herself him himself his how i if in into is it
-    its itself just me more most my myself no nor not now of off on once only or other our ours
+    """
+    a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers herself him himself his how i if in into is it its
+    itself just me more most my myself no nor not now of off on once only or other our ours
     ourselves out over own same she should so some such than that the their theirs them
     themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself
-    yourselves""".split()
+    what when where which while who whom why will with would you your yours yourself yourselves
+    """.split()
 )
 
 
@@ -70,8 +70,11 @@ class FusionWeights:
     @classmethod
     def from_settings(cls, cfg: RetrievalSettings) -> FusionWeights:
         return cls(
-            cfg.dense_weight, cfg.lexical_weight, cfg.neighbour_weight,
-            cfg.recency_weight, cfg.recency_half_life_days,
+            cfg.dense_weight,
+            cfg.lexical_weight,
+            cfg.neighbour_weight,
+            cfg.recency_weight,
+            cfg.recency_half_life_days,
         )
 
 
@@ -157,7 +160,9 @@ class Retriever:
         candidates = max(k, cfg.candidates) * (4 if kinds else 1)
         dense_top, floor = await self._run_index(index.search_with_floor, user_id, query_vector, candidates)
         match = fts_query(query)
-        lexical = dict(await self._store.lexical_search(user_id, match, candidates * 2, kinds)) if match else {}
+        lexical = (
+            dict(await self._store.lexical_search(user_id, match, candidates * 2, kinds)) if match else {}
+        )
         dense = dict(dense_top)
         neighbours: dict[int, tuple[int | None, int | None]] = {}
         if weights.neighbour > 0:
@@ -169,7 +174,11 @@ class Retriever:
         return await self._materialise(ranked, user_id, k, kinds, weights)
 
     async def _materialise(
-        self, ranked: Sequence[Candidate], user_id: str, k: int, kinds: frozenset[str] | None,
+        self,
+        ranked: Sequence[Candidate],
+        user_id: str,
+        k: int,
+        kinds: frozenset[str] | None,
         weights: FusionWeights,
     ) -> list[ScoredMemory]:
         # Recency can reorder, so look at more than k; rows are fetched in one query.
@@ -199,9 +208,3 @@ def same_session(previous: Memory | None, memory: Memory, gap_minutes: float) ->
         return False
     pause = (memory.created_at - previous.created_at).total_seconds()
     return 0 <= pause <= gap_minutes * 60
-
-
-__all__: Iterable[str] = [
-    "Candidate", "FusionWeights", "Retriever", "fts_query", "fuse", "lexical_document",
-    "recency_factor", "same_session",
-]

@@ -38,7 +38,9 @@ def embedding_text(memory: Memory) -> str:
 
 
 class SemanticMemory:
-    def __init__(self, settings: Settings, store: SqliteStore, index_path: Path, encoder: Encoder | None) -> None:
+    def __init__(
+        self, settings: Settings, store: SqliteStore, index_path: Path, encoder: Encoder | None
+    ) -> None:
         self._settings = settings
         self._store = store
         self._index_path = index_path
@@ -179,7 +181,10 @@ class SemanticMemory:
             if not self._pending:
                 self._work.clear()
                 await self._maybe_save_index()
-                waits = {asyncio.ensure_future(self._work.wait()), asyncio.ensure_future(self._stopping.wait())}
+                waits = {
+                    asyncio.ensure_future(self._work.wait()),
+                    asyncio.ensure_future(self._stopping.wait()),
+                }
                 await asyncio.wait(waits, timeout=INDEX_SAVE_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
                 for w in waits:
                     w.cancel()
@@ -244,7 +249,9 @@ class SemanticMemory:
 
     async def wait_indexed(self, user_id: str) -> None:
         """Until the user's committed memories are searchable (or the embedder is failing)."""
-        while self._pending_by_user.get(user_id) and self._embed_error is None and not self._stopping.is_set():
+        while (
+            self._pending_by_user.get(user_id) and self._embed_error is None and not self._stopping.is_set()
+        ):
             await self._progress.wait()
 
     async def forget(self, ids: Sequence[int]) -> None:
@@ -259,7 +266,9 @@ class SemanticMemory:
 
     # -- retrieval ---------------------------------------------------------------------------
 
-    async def retrieve(self, user_id: str, query: str, k: int, kinds: frozenset[str] | None) -> list[ScoredMemory]:
+    async def retrieve(
+        self, user_id: str, query: str, k: int, kinds: frozenset[str] | None
+    ) -> list[ScoredMemory]:
         assert self._encoder is not None and self._index is not None
         await self.wait_indexed(user_id)
         query_vector = (await self._encoder.encode([query]))[0]

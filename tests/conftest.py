@@ -36,7 +36,9 @@ def settings() -> Settings:
 def make_system(tmp_path: Path) -> Callable[..., MemorySystem]:
     def make(data_dir: Path | None = None, **sections: dict[str, Any]) -> MemorySystem:
         return MemorySystem(
-            data_dir or tmp_path / "data", settings=test_settings(**sections), encoder=HashingEncoder()
+            data_dir or tmp_path / "data",
+            settings=test_settings(**sections),
+            encoder=HashingEncoder(),
         )
 
     return make

@@ -14,7 +14,11 @@ def run_and_kill(data_dir: Path, round_no: int, mode: str, kill_after: int) -> l
     """(user, text) of every change the worker acknowledged before it was killed."""
     proc = subprocess.Popen(
         [PYTHON, "-m", "tests.durability_worker", str(data_dir), str(round_no), mode],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     acked: list[tuple[str, str]] = []

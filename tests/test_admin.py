@@ -247,10 +247,7 @@ def test_verify_catches_a_truncated_snapshot(cli: Cli, folder: Path) -> None:
     code, checks = verify_json(cli)
     assert code == 1
     assert checks["snapshot"]["status"] == "fail"
-    assert (
-        "contexts.json" in checks["snapshot"]["detail"]
-        and "truncated" in checks["snapshot"]["detail"]
-    )
+    assert "contexts.json" in checks["snapshot"]["detail"] and "truncated" in checks["snapshot"]["detail"]
     assert checks["database"]["status"] == checks["index"]["status"] == "ok"
     assert cli("verify") == 1 and "1 of 4 checks failed" in cli.out
 
@@ -291,9 +288,7 @@ def test_verify_catches_a_stale_index(cli: Cli, folder: Path, tmp_path: Path) ->
 def corrupt_table_root(db: Path, table: str) -> None:
     with sqlite3.connect(db) as conn:
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        (root,) = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
-        ).fetchone()
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
     conn.close()
     with db.open("r+b") as fh:
         fh.seek((root - 1) * page_size)

@@ -118,9 +118,7 @@ def test_read_commands_see_what_a_running_owner_committed(cli: Cli, writer: Writ
     assert cli("verify") == 0, cli.out  # closed cleanly: snapshot and index caught up
 
 
-def test_changing_commands_refuse_while_another_process_owns_the_folder(
-    cli: Cli, writer: Writer
-) -> None:
+def test_changing_commands_refuse_while_another_process_owns_the_folder(cli: Cli, writer: Writer) -> None:
     writer.wait_for(1)
     for argv in (["forget", "bob"], ["rollback", "alice", "1"], ["rebuild-index"]):
         assert cli(*argv, "--yes") == 1, argv

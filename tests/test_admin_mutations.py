@@ -52,13 +52,9 @@ def test_forget_leaves_nothing_of_the_user(cli: Cli, folder: Path) -> None:
     for table in ("contexts", "context_history", "memories"):
         assert query(db, f"SELECT count(*) FROM {table} WHERE user_id = 'alice'") == [(0,)], table
     marks = ",".join("?" * len(ids))
-    assert query(db, f"SELECT count(*) FROM memories_fts WHERE rowid IN ({marks})", tuple(ids)) == [
-        (0,)
-    ]
+    assert query(db, f"SELECT count(*) FROM memories_fts WHERE rowid IN ({marks})", tuple(ids)) == [(0,)]
     owner = f"owner : {owner_token('alice')}"
-    assert query(db, "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (owner,)) == [
-        (0,)
-    ]
+    assert query(db, "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (owner,)) == [(0,)]
     assert query(db, "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'Miso'") == [(0,)]
     assert query(db, "SELECT count(*) FROM contexts WHERE user_id = 'bob'") == [(1,)]
     snapshot_users = {u["user_id"] for u in read_snapshot(folder / "contexts.json")}
@@ -222,6 +218,4 @@ def test_a_terminal_is_asked_and_no_changes_nothing(folder: Path) -> None:
 def test_a_terminal_that_answers_yes_runs_the_change(folder: Path) -> None:
     result = answer_prompt(folder, b"y\n", "forget", "alice")
     assert result.returncode == 0, result.stderr
-    assert query(folder / "memory.db", "SELECT count(*) FROM memories WHERE user_id = 'alice'") == [
-        (0,)
-    ]
+    assert query(folder / "memory.db", "SELECT count(*) FROM memories WHERE user_id = 'alice'") == [(0,)]

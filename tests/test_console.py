@@ -29,9 +29,7 @@ def console_env() -> dict[str, str]:
     return env
 
 
-def chat(
-    data_dir: Path, *lines: str, user: str = "42:Al", extra_env: dict[str, str] | None = None
-) -> str:
+def chat(data_dir: Path, *lines: str, user: str = "42:Al", extra_env: dict[str, str] | None = None) -> str:
     """Pipe ``lines`` into a console run as ``user``; its stdout (it must exit 0)."""
     result = subprocess.run(
         [sys.executable, "-m", "bot", "--console", "--data-dir", str(data_dir), "--user", user],

@@ -67,7 +67,7 @@ def test_copy_with_validates() -> None:
     with pytest.raises(InvalidInputError, match="preference"):
         ctx.copy_with(preferences={"food": ["a", "list"]})
     with pytest.raises(InvalidInputError, match="last_seen"):
-        ctx.copy_with(last_seen=datetime(2026, 1, 1))  # noqa: DTZ001
+        ctx.copy_with(last_seen=datetime(2026, 1, 1))
 
 
 def test_contexts_are_hashable_and_compare_by_value() -> None:
@@ -77,11 +77,11 @@ def test_contexts_are_hashable_and_compare_by_value() -> None:
 
 
 text = st.text(max_size=40)
-times = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
+times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 no_nul = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=40)
-pref_values = st.one_of(no_nul, st.integers(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False))
+pref_values = st.one_of(
+    no_nul, st.integers(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)
+)
 
 
 @given(
@@ -94,12 +94,24 @@ pref_values = st.one_of(no_nul, st.integers(), st.booleans(), st.floats(allow_na
     delta=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=999)),
 )
 def test_dict_round_trip_is_lossless(
-    name: str, count: int, level: int, prefs: dict[str, object], recent: list[tuple[str, str, datetime]],
-    first: datetime, delta: timedelta,
+    name: str,
+    count: int,
+    level: int,
+    prefs: dict[str, object],
+    recent: list[tuple[str, str, datetime]],
+    first: datetime,
+    delta: timedelta,
 ) -> None:
     ctx = UserContext(
-        "user-1", name, count, level, prefs,  # type: ignore[arg-type]
-        tuple(Exchange(m, r, t) for m, r, t in recent), first, first + delta, 7,
+        "user-1",
+        name,
+        count,
+        level,
+        prefs,  # type: ignore[arg-type]
+        tuple(Exchange(m, r, t) for m, r, t in recent),
+        first,
+        first + delta,
+        7,
     )
     again = UserContext.from_dict(ctx.to_dict())
     assert again == ctx

@@ -30,7 +30,9 @@ async def test_taking_the_same_level_twice_raises() -> None:
 
 async def test_locks_in_order_are_granted() -> None:
     users = UserLocks()
-    levels = [OrderedLock(level) for level in (LockLevel.INDEX, LockLevel.DB, LockLevel.SAVE, LockLevel.ENCODER)]
+    levels = [
+        OrderedLock(level) for level in (LockLevel.INDEX, LockLevel.DB, LockLevel.SAVE, LockLevel.ENCODER)
+    ]
     async with users.hold("alice"), levels[0], levels[1], levels[2], levels[3]:
         assert held_levels() == tuple(LockLevel)
     assert held_levels() == ()
@@ -75,7 +77,11 @@ async def test_user_lock_serialises_one_user_and_is_dropped_when_idle() -> None:
     gate.set()
     await asyncio.gather(*tasks)
     assert peak == 1
-    assert users.stats() == {"user_locks_in_memory": 0, "user_locks_held": 0, "user_lock_waiters": 0}
+    assert users.stats() == {
+        "user_locks_in_memory": 0,
+        "user_locks_held": 0,
+        "user_lock_waiters": 0,
+    }
 
 
 async def test_cancelled_waiter_leaves_no_trace() -> None:

@@ -43,8 +43,12 @@ async def test_start_fails_while_another_process_owns_the_folder(
 ) -> None:
     data_dir = tmp_path / "data"
     with subprocess.Popen(
-        [PYTHON, "-c", HOLDER, str(data_dir)], cwd=ROOT, env=subprocess_env(),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [PYTHON, "-c", HOLDER, str(data_dir)],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "holding"
@@ -61,8 +65,12 @@ async def test_start_fails_while_another_process_owns_the_folder(
 def test_lock_of_a_killed_owner_is_free(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with subprocess.Popen(
-        [PYTHON, "-c", HOLDER, str(data_dir)], cwd=ROOT, env=subprocess_env(),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [PYTHON, "-c", HOLDER, str(data_dir)],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "holding"

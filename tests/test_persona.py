@@ -26,9 +26,7 @@ def test_names_favourites_likes_and_dislikes_are_found() -> None:
     assert extract_preferences("hi, call me Sam") == [Preference("name", "Sam")]
     assert extract_preferences("My name is Ada Lovelace.") == [Preference("name", "Ada Lovelace")]
     assert extract_preferences("call me sam please") == [Preference("name", "Sam")]
-    assert extract_preferences("my favourite food is pizza") == [
-        Preference("favourite food", "pizza")
-    ]
+    assert extract_preferences("my favourite food is pizza") == [Preference("favourite food", "pizza")]
     assert extract_preferences("My favorite color is deep blue!") == [
         Preference("favourite color", "deep blue")
     ]

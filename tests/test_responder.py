@@ -48,9 +48,7 @@ async def test_template_greets_by_chosen_name_and_reflects_friendship() -> None:
 
 async def test_template_uses_relevant_memories_and_preferences() -> None:
     responder = TemplateResponder()
-    ctx = context(
-        conversations_count=3, friendship_level=6, preferences={"favourite food": "pizza"}
-    )
+    ctx = context(conversations_count=3, friendship_level=6, preferences={"favourite food": "pizza"})
     memory = scored("Al: my cat Miso is sick\nBot: Oh no!")
     reply = await responder.reply(ReplyRequest(ctx, "Miso is better today", (memory,)))
     assert 'Last time you told me "my cat Miso is sick"' in reply
@@ -129,9 +127,7 @@ async def test_openai_responder_falls_back_on_timeout(
     finally:
         release.set()
         await responder.close()
-    assert reply == await TemplateResponder().reply(
-        ReplyRequest(context(), "hello", display_name="Al")
-    )
+    assert reply == await TemplateResponder().reply(ReplyRequest(context(), "hello", display_name="Al"))
     assert "failed" in caplog.text and "template" in caplog.text
     assert "sk-secret" not in caplog.text
 

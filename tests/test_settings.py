@@ -32,7 +32,10 @@ def test_user_file_then_environment_override(tmp_path: Path) -> None:
     [
         ({"MEMORY_BOT_STORAGE_SAVE_INTERVAL": "soon"}, r"storage.save_interval = 'soon'.*number"),
         ({"MEMORY_BOT_STORAGE_SAVE_INTERVAL": "-1"}, r"storage.save_interval.*at least"),
-        ({"MEMORY_BOT_STORAGE_SYNCHRONOUS": "sometimes"}, r"storage.synchronous.*FULL, NORMAL, EXTRA"),
+        (
+            {"MEMORY_BOT_STORAGE_SYNCHRONOUS": "sometimes"},
+            r"storage.synchronous.*FULL, NORMAL, EXTRA",
+        ),
         ({"MEMORY_BOT_ENCODER_BACKEND": "tpu"}, r"encoder.backend = 'tpu'"),
         ({"MEMORY_BOT_LIMITS_NOPE": "1"}, r"unknown setting limits.nope"),
         ({"MEMORY_BOT_NOPE": "1"}, r"MEMORY_BOT_NOPE names no setting"),

@@ -34,7 +34,9 @@ async def test_truncated_snapshot_is_detected(tmp_path: Path, cut: int) -> None:
 
 def test_snapshot_with_wrong_count_or_format_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "contexts.json"
-    path.write_bytes(orjson.dumps({"format": "memory-bot-contexts", "format_version": 1, "count": 2, "users": [{}]}))
+    path.write_bytes(
+        orjson.dumps({"format": "memory-bot-contexts", "format_version": 1, "count": 2, "users": [{}]})
+    )
     with pytest.raises(SnapshotCorruptError, match="incomplete"):
         read_snapshot(path)
     path.write_bytes(b'{"something": "else"}')

@@ -54,7 +54,9 @@ async def test_thousand_users_ten_updates_each_survive_a_restart(
             assert len(ctx.recent) == 10
 
 
-async def test_update_context_raises_friendship_and_keeps_recent(make_system: Callable[..., MemorySystem]) -> None:
+async def test_update_context_raises_friendship_and_keeps_recent(
+    make_system: Callable[..., MemorySystem],
+) -> None:
     async with make_system(limits={"recent_exchanges": 3, "friendship_step": 40}) as ms:
         for i in range(5):
             ctx = await ms.update_context(7, f"m{i}", f"r{i}", display_name="Sam")
@@ -160,7 +162,9 @@ async def test_bad_texts_are_rejected_and_change_nothing(ms: MemorySystem) -> No
     assert len(await ms.get_memories("alice")) == 1
 
 
-async def test_calls_before_start_and_after_close_raise(make_system: Callable[..., MemorySystem]) -> None:
+async def test_calls_before_start_and_after_close_raise(
+    make_system: Callable[..., MemorySystem],
+) -> None:
     system = make_system()
     with pytest.raises(SystemClosedError, match="start"):
         await system.get_user_context("alice")

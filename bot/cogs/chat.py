@@ -37,9 +37,7 @@ class ChatCog(commands.Cog):
             return True
         channel = message.channel
         name = getattr(channel, "name", None)
-        return str(channel.id) in self.channels or (
-            isinstance(name, str) and name.lower() in self.channels
-        )
+        return str(channel.id) in self.channels or (isinstance(name, str) and name.lower() in self.channels)
 
     def text_of(self, message: discord.Message) -> str:
         me = self.bot.user

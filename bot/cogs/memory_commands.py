@@ -75,9 +75,7 @@ class MemoryCommands(commands.Cog):
         try:
             text = await action
         except (ActionError, MemoryBotError) as exc:
-            log.warning(
-                "command %s by %s refused: %s", ctx.command, ctx.author.id, exc, exc_info=True
-            )
+            log.warning("command %s by %s refused: %s", ctx.command, ctx.author.id, exc, exc_info=True)
             text = friendly_error(exc)
         await self._send(ctx, text)
 
