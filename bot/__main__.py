@@ -8,14 +8,14 @@ import getpass
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import discord
 
 from bot.app import MemoryBot
 from bot.console import ConsoleUser, run_console, stop_on_signals
-from bot.responder import API_KEY_VARIABLES, Responder, build_responder
+from bot.responder import Responder, build_responder
 from memory import MemoryBotError, MemorySystem, Settings, load_settings
 
 log = logging.getLogger("bot")
@@ -37,12 +37,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     return parser.parse_args(argv)
-
-
-def settings_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment for ``load_settings``: secrets are read elsewhere and never parsed there."""
-    secret = {TOKEN_VARIABLE, *API_KEY_VARIABLES}
-    return {name: value for name, value in environ.items() if name not in secret}
 
 
 def default_user() -> ConsoleUser:
@@ -78,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         user = ConsoleUser.parse(args.user) if args.user else default_user()
-        settings = load_settings(args.config, environ=settings_environ(os.environ))
+        settings = load_settings(args.config)  # secrets are never read as settings
         memory = MemorySystem(args.data_dir, settings=settings)
         responder = build_responder(settings)
         token = os.environ.get(TOKEN_VARIABLE, "").strip()

@@ -40,3 +40,33 @@ async def test_kill_9_during_updates_loses_no_acknowledged_update(
                 assert not missing, f"seed {seed}, round {round_no}: lost {missing[:3]}"
                 assert ctx.conversations_count == ctx.version == len(messages)
                 assert ctx.conversations_count >= len(mine)
+
+
+MEMORY_ROUNDS = 10
+
+
+@pytest.mark.slow
+async def test_kill_9_during_save_memory_loses_no_acknowledged_memory(
+    tmp_path: Path, make_system: Callable[..., MemorySystem]
+) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    data_dir = tmp_path / "data"
+    acknowledged: list[tuple[str, str]] = []
+    for round_no in range(MEMORY_ROUNDS):
+        acknowledged += run_and_kill(data_dir, round_no, "memories", rng.randint(1, 300))
+        async with make_system(data_dir) as ms:
+            stored: dict[str, set[str]] = {}
+            for user in {u for u, _ in acknowledged}:
+                stored[user] = {m.text for m in await ms.get_memories(user)}
+            lost = [t for u, t in acknowledged if t not in stored[u]]
+            assert not lost, f"seed {seed}, round {round_no}: lost {lost[:3]}"
+            for user, text in rng.sample(acknowledged, min(20, len(acknowledged))):
+                found = await ms.retrieve_memory(user, text, k=10)
+                assert text in [r.memory.text for r in found], f"seed {seed}: {text!r} not retrievable"
+            # Once this user's embeddings are in, the index agrees with SQLite exactly.
+            for user in stored:
+                await ms.retrieve_memory(user, "sync")
+            stats = await ms.stats()
+            assert stats["pending_embeddings"] == 0
+            assert stats["index_vectors"] == stats["memories"] == sum(map(len, stored.values()))

@@ -1,0 +1,80 @@
+"""Encoders: the real all-MiniLM-L6-v2 (offline), micro-batching, and the hashing test encoder."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from memory import EncoderError, HashingEncoder, load_settings
+from memory.encoder import build_encoder
+
+
+def test_hashing_encoder_is_deterministic_and_normalised() -> None:
+    encoder = HashingEncoder(64)
+    a = encoder.encode_now(["the cat sat", "the cat sat", ""])
+    assert a.shape == (3, 64) and a.dtype == np.float32
+    assert np.allclose(a[0], a[1])
+    assert np.isclose(np.linalg.norm(a[0]), 1.0)
+    assert np.allclose(a[2], 0.0)
+    assert np.allclose(HashingEncoder(64).encode_now(["the cat sat"]), a[:1])
+
+
+@pytest.mark.slow
+async def test_real_model_loads_offline_and_embeds_meaningfully() -> None:
+    encoder = await build_encoder(load_settings(environ={}).encoder)
+    try:
+        assert encoder.dim == 384
+        vectors = await encoder.encode(
+            ["I adopted a puppy named Rex", "What is my dog called?", "The stock market fell today"]
+        )
+        assert vectors.shape == (3, 384)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        related, unrelated = float(vectors[0] @ vectors[1]), float(vectors[2] @ vectors[1])
+        assert related > unrelated + 0.2
+    finally:
+        await encoder.close()
+
+
+@pytest.mark.slow
+async def test_concurrent_single_texts_are_micro_batched_and_fanned_back_out() -> None:
+    settings = load_settings(environ={}, overrides={"encoder": {"batch_wait_ms": 5}})
+    encoder = await build_encoder(settings.encoder)
+    try:
+        texts = [f"memory number {i} about topic {i % 7}" for i in range(64)]
+        batched = await encoder.encode(texts)
+        before = encoder.stats()["encoder_batches"]
+        singles = await asyncio.gather(*(encoder.encode([t]) for t in texts))
+        calls = encoder.stats()["encoder_batches"] - before
+        assert calls < 16, f"64 concurrent texts took {calls} model calls"
+        assert np.allclose(np.vstack(singles), batched, atol=1e-5)
+        assert encoder.stats()["encoder_largest_batch"] >= 8
+    finally:
+        await encoder.close()
+
+
+async def test_a_model_that_is_not_there_fails_with_a_clear_error(tmp_path: object) -> None:
+    settings = load_settings(environ={}, overrides={"encoder": {"model": "/nonexistent/model/folder"}})
+    with pytest.raises(EncoderError, match="could not load the embedding model"):
+        await build_encoder(settings.encoder)
+
+
+async def test_onnx_backend_without_the_extra_says_how_to_install_it() -> None:
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        settings = load_settings(environ={}, overrides={"encoder": {"backend": "onnx"}})
+        with pytest.raises(EncoderError, match="make install-onnx"):
+            await build_encoder(settings.encoder)
+    else:
+        settings = load_settings(environ={}, overrides={"encoder": {"backend": "onnx"}})
+        encoder = await build_encoder(settings.encoder)
+        try:
+            torch_encoder = await build_encoder(load_settings(environ={}).encoder)
+            a = await encoder.encode(["the same sentence"])
+            b = await torch_encoder.encode(["the same sentence"])
+            await torch_encoder.close()
+            assert float(a[0] @ b[0]) > 0.999
+        finally:
+            await encoder.close()
