@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,7 @@ def log(message: str) -> None:
 
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--quick", action="store_true", help="a smaller run (< 60 s), for smoke tests"
-    )
+    parser.add_argument("--quick", action="store_true", help="a smaller run (< 60 s), for smoke tests")
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
     parser.add_argument("--seed", type=int, default=1234, help="random seed of the synthetic data")
     return parser.parse_args()
@@ -98,10 +96,8 @@ class StallTicker:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
+            with suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         return {
             "max_stall_ms": round(self.max_stall * 1000, 3),
             "ticks": self.ticks,

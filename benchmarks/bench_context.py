@@ -29,7 +29,11 @@ from _common import (
 
 from memory import MemorySystem, Settings, load_settings
 
-WORDS = ["pizza", "coffee", "hiking", "chess", "jazz", "rain", "painting", "python", "guitar", "soup", "trains", "tea", "cats", "dogs", "football", "poetry", "gardening", "sushi", "camping", "movies", "baking", "cycling", "history", "space", "robots"]
+WORDS = (
+    "pizza", "coffee", "hiking", "chess", "jazz", "rain", "painting", "python", "guitar", "soup",
+    "trains", "tea", "cats", "dogs", "football", "poetry", "gardening", "sushi", "camping",
+    "movies", "baking", "cycling", "history", "space", "robots",
+)  # fmt: skip
 VERBS = ("like", "love", "hate", "tried", "talked about", "want to learn", "miss", "dream of")
 
 
@@ -65,15 +69,11 @@ def message(rng: random.Random) -> tuple[str, str]:
     return text, f"Nice, tell me more about {rng.choice(WORDS)}!"
 
 
-async def populate(
-    ms: MemorySystem, users: list[str], rng: random.Random, chunk: int = 1_000
-) -> float:
+async def populate(ms: MemorySystem, users: list[str], rng: random.Random, chunk: int = 1_000) -> float:
     """One update_context per user, ``chunk`` at a time; returns the seconds taken."""
     started = time.perf_counter()
     for start in range(0, len(users), chunk):
-        await asyncio.gather(
-            *(ms.update_context(uid, *message(rng)) for uid in users[start : start + chunk])
-        )
+        await asyncio.gather(*(ms.update_context(uid, *message(rng)) for uid in users[start : start + chunk]))
         if start and start % 20_000 == 0:
             log(f"  populated {start:,} users")
     return time.perf_counter() - started
@@ -130,9 +130,7 @@ async def wait_for_save(ms: MemorySystem, before: int, timeout: float = 30.0) ->
     return time.perf_counter() - started
 
 
-async def save_round(
-    ms: MemorySystem, uid: str, rng: random.Random, interval: float
-) -> dict[str, Any]:
+async def save_round(ms: MemorySystem, uid: str, rng: random.Random, interval: float) -> dict[str, Any]:
     await asyncio.sleep(interval * 1.5)  # past the coalescing window: the save starts at once
     before = ms._saver.saves
     ticker = StallTicker()
@@ -161,13 +159,9 @@ async def bench_snapshot(folder: Path, cfg: Config, rng: random.Random) -> dict[
     )
     async with MemorySystem(folder, settings=populate_settings) as ms:
         populate_seconds = await populate(ms, users, rng)
-    log(
-        f"  populated {len(users):,} users in {populate_seconds:.1f} s; reopening with save_interval 0.2 s"
-    )
+    log(f"  populated {len(users):,} users in {populate_seconds:.1f} s; reopening with save_interval 0.2 s")
     interval = 0.2
-    save_settings = bench_settings(
-        storage={"save_interval": interval}, retrieval={"store_exchanges": False}
-    )
+    save_settings = bench_settings(storage={"save_interval": interval}, retrieval={"store_exchanges": False})
     started = time.perf_counter()
     async with MemorySystem(folder, settings=save_settings) as ms:
         reopen_seconds = time.perf_counter() - started
@@ -298,14 +292,14 @@ async def open_loop(ms: MemorySystem, users: list[str], cfg: Config, seed: int) 
 async def drain_embeddings(ms: MemorySystem, timeout: float = 60.0) -> float:
     """Seconds until the write-behind embedder has caught up (public stats)."""
     started = time.perf_counter()
-    while (await ms.stats())["pending_embeddings"] and time.perf_counter() - started < timeout:
+    while time.perf_counter() - started < timeout:
+        if not (await ms.stats())["pending_embeddings"]:
+            break
         await asyncio.sleep(0.05)
     return round(time.perf_counter() - started, 3)
 
 
-async def bench_updates(
-    folder: Path, cfg: Config, store_exchanges: bool, seed: int
-) -> dict[str, Any]:
+async def bench_updates(folder: Path, cfg: Config, store_exchanges: bool, seed: int) -> dict[str, Any]:
     settings = bench_settings(retrieval={"store_exchanges": store_exchanges})
     users = user_ids(cfg.update_users)
     async with MemorySystem(folder, settings=settings) as ms:
@@ -347,16 +341,14 @@ def update_targets(label: str, run: dict[str, Any], rate: float) -> dict[str, An
     verdict["met"] = verdict["met"] and kept_up
     verdict["achieved_per_s"] = opened["achieved_per_s"]
     return {
-        f"update_throughput_per_s[{label}]": met(
-            run["closed_loop"]["updates_per_s"], 5_000, at_least=True
-        ),
+        f"update_throughput_per_s[{label}]": met(run["closed_loop"]["updates_per_s"], 5_000, at_least=True),
         f"update_p99_ms_at_{int(rate)}_per_s[{label}]": verdict,
     }
 
 
 def targets(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
     snap = result["snapshot"]
-    out = {
+    out: dict[str, Any] = {
         "get_user_context_p99_us": met(result["get_user_context"]["per_call_us"]["p99"], 20.0),
         "snapshot_save_ms(max of rounds)": met(snap["save_ms_max"], 150.0),
         "snapshot_max_stall_ms": met(snap["max_stall_ms"], 50.0),
@@ -381,9 +373,7 @@ async def run(cfg: Config, seed: int) -> dict[str, Any]:
             label = f"store_exchanges={str(store_exchanges).lower()}"
             log(f"3/3 update_context, {label}")
             folder = root / f"updates-{store_exchanges}"
-            result["update_context"][label] = await bench_updates(
-                folder, cfg, store_exchanges, seed
-            )
+            result["update_context"][label] = await bench_updates(folder, cfg, store_exchanges, seed)
     return result
 
 

@@ -101,3 +101,20 @@ if __name__ == "__main__":
     if sys.argv[1:2] != ["writer"] or len(sys.argv) != 4:
         sys.exit("usage: python -m tests.admin_fixtures writer DATA_DIR STOP_FILE")
     asyncio.run(write_until(Path(sys.argv[2]), Path(sys.argv[3])))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return build_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "admin.toml"
+    path.write_text(HASHING_CONFIG)
+    return path
+
+
+@pytest.fixture
+def cli(folder: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(folder, config, capsys)

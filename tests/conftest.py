@@ -12,6 +12,9 @@ import pytest
 
 from memory import HashingEncoder, MemorySystem, Settings, load_settings
 
+# The admin CLI's fixtures (folder, config, cli) live beside its helpers.
+pytest_plugins = ["tests.admin_fixtures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import PYTHON, ROOT, subprocess_env
@@ -44,3 +47,21 @@ def run_and_kill(data_dir: Path, round_no: int, mode: str, kill_after: int) -> l
         proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     return acked
+
+
+@dataclass(frozen=True)
+class KillRound:
+    number: int
+    acknowledged: list[tuple[str, str]]  # every (user, text) acknowledged so far
+    label: str  # the seed and round, to repeat a failure
+    rng: random.Random
+
+
+def kill_rounds(data_dir: Path, mode: str, rounds: int) -> Iterator[KillRound]:
+    """Kill the worker at a random moment each round; the caller checks after each."""
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    acknowledged: list[tuple[str, str]] = []
+    for number in range(rounds):
+        acknowledged += run_and_kill(data_dir, number, mode, rng.randint(1, 300))
+        yield KillRound(number, acknowledged, f"seed {seed}, round {number}", rng)

@@ -15,7 +15,11 @@ import pytest
 
 from memory import MemorySystem
 from memory.admin import build_parser, main
-from tests.admin_fixtures import HASHING_CONFIG, Cli, build_folder, hashing_settings, run_cli
+from tests.admin_fixtures import (
+    Cli,
+    hashing_settings,
+    run_cli,
+)
 
 READ_COMMANDS = [
     ["users"],
@@ -26,23 +30,6 @@ READ_COMMANDS = [
     ["stats"],
     ["verify"],
 ]
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    return build_folder(tmp_path / "data")
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "admin.toml"
-    path.write_text(HASHING_CONFIG)
-    return path
-
-
-@pytest.fixture
-def cli(folder: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(folder, config, capsys)
 
 
 def assert_one_line_error(cli: Cli, *words: str) -> None:

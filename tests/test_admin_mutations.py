@@ -14,25 +14,14 @@ import pytest
 
 from memory.snapshot import read_snapshot
 from memory.store import owner_token
-from tests.admin_fixtures import HASHING_CONFIG, REPO, Cli, build_folder, run_cli, subprocess_env
+from tests.admin_fixtures import (
+    HASHING_CONFIG,
+    REPO,
+    Cli,
+    run_cli,
+    subprocess_env,
+)
 from tests.test_admin import file_digests
-
-
-@pytest.fixture
-def folder(tmp_path: Path) -> Path:
-    return build_folder(tmp_path / "data")
-
-
-@pytest.fixture
-def config(tmp_path: Path) -> Path:
-    path = tmp_path / "admin.toml"
-    path.write_text(HASHING_CONFIG)
-    return path
-
-
-@pytest.fixture
-def cli(folder: Path, config: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(folder, config, capsys)
 
 
 def query(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

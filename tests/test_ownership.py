@@ -23,6 +23,18 @@ asyncio.run(main())
 """
 
 
+def start_holder(data_dir: Path) -> subprocess.Popen[str]:
+    """A process that owns ``data_dir`` until its stdin gets a line."""
+    return subprocess.Popen(
+        [PYTHON, "-c", HOLDER, str(data_dir)],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 async def test_second_start_in_this_process_fails_naming_the_pid(
     tmp_path: Path, make_system: Callable[..., MemorySystem]
 ) -> None:
@@ -42,14 +54,7 @@ async def test_start_fails_while_another_process_owns_the_folder(
     tmp_path: Path, make_system: Callable[..., MemorySystem]
 ) -> None:
     data_dir = tmp_path / "data"
-    with subprocess.Popen(
-        [PYTHON, "-c", HOLDER, str(data_dir)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start_holder(data_dir) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "holding"
         with pytest.raises(DataDirLockedError, match=f"process {proc.pid}") as info:
@@ -64,14 +69,7 @@ async def test_start_fails_while_another_process_owns_the_folder(
 
 def test_lock_of_a_killed_owner_is_free(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with subprocess.Popen(
-        [PYTHON, "-c", HOLDER, str(data_dir)],
-        cwd=ROOT,
-        env=subprocess_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start_holder(data_dir) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "holding"
         assert holder_pid(data_dir / LOCK_NAME) == proc.pid
