@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from memory.atomic import atomic_write
 from memory.errors import IndexCorruptError, StorageError
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ class PerUserIndex:
                 merged.add_with_ids(vectors, faiss.vector_to_array(shard.id_map).astype(np.int64))
         mark = self.watermark()
         try:
-            _atomic_write(path, faiss.serialize_index(merged).tobytes())
-            _atomic_write(watermark_path(path), mark.to_json().encode())
+            atomic_write(path, faiss.serialize_index(merged).tobytes())
+            atomic_write(watermark_path(path), mark.to_json().encode())
         except OSError as exc:
             raise StorageError(f"could not save the index {path}: {exc}", path) from exc
         return mark
@@ -187,21 +187,3 @@ class PerUserIndex:
 
 def watermark_path(path: Path) -> Path:
     return path.with_name(path.name + ".watermark.json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -316,8 +316,12 @@ class Inspector:
         uid = await self.require_user(user_id)
         index, vector = await self._user_index(uid, query)
         retriever = Retriever(self.store, cfg, _run_inline)
+
+        async def embed_query() -> Vectors:
+            return vector
+
         with self._stored_data():
-            return await retriever.retrieve(index, uid, query, vector, k, kind_set)
+            return await retriever.retrieve(index, uid, query, embed_query, k, kind_set)
 
     async def _user_index(self, uid: str, query: str) -> tuple[PerUserIndex, Vectors]:
         """The user's vectors from SQLite in a private index, and the query's vector."""

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles.os
-import orjson
 
 from memory.context import UserContext
 from memory.errors import InvalidInputError, SnapshotCorruptError, StorageError
@@ -83,7 +82,7 @@ async def _rebuild_contexts(store: SqliteStore, snapshot: Path, users: list[dict
             ctx = UserContext.from_dict(raw)
         except (InvalidInputError, TypeError) as exc:
             raise StorageError(f"snapshot {snapshot} holds an invalid context: {exc}", snapshot) from exc
-        encoded = orjson.dumps(ctx.to_dict()).decode()
+        encoded = ctx.to_json().decode()
         statements += context_statements(ctx, encoded, now, "recovery", {"op": "restored_from_snapshot"})
     if statements:
         await store.commit(statements)

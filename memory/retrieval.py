@@ -16,6 +16,7 @@ Reciprocal rank fusion loses here because it throws away how far ahead the best 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
@@ -113,8 +114,8 @@ def fuse(
 
     fused = {mid: base(mid) for mid in dense.keys() | lexical.keys()}
     out = []
-    for mid in fused:  # neighbours that no ranker found compete too, on their inherited score
-        score = fused[mid]
+    for mid, own in fused.items():  # neighbours no ranker found compete on their inherited score
+        score = own
         rankers = [
             name for name, found in (("dense", mid in found_dense), ("lexical", mid in lexical)) if found
         ]
@@ -155,18 +156,26 @@ class Retriever:
         index: PerUserIndex,
         user_id: str,
         query: str,
-        query_vector: Vectors,
+        embed_query: Callable[[], Awaitable[Vectors]],
         k: int,
         kinds: frozenset[str] | None,
     ) -> list[ScoredMemory]:
         cfg = self._cfg
         weights = FusionWeights.from_settings(cfg)
         candidates = max(k, cfg.candidates) * (4 if kinds else 1)
-        dense_top, floor = await self._run_index(index.search_with_floor, user_id, query_vector, candidates)
+        # The lexical query needs no vector: it runs on SQLite's thread while the model works.
         match = fts_query(query)
-        lexical = (
-            dict(await self._store.lexical_search(user_id, match, candidates * 2, kinds)) if match else {}
+        lexical_search = asyncio.ensure_future(
+            self._store.lexical_search(user_id, match, candidates * 2, kinds) if match else _nothing()
         )
+        try:
+            query_vector = await embed_query()
+            dense_top, floor = await self._run_index(
+                index.search_with_floor, user_id, query_vector, candidates
+            )
+            lexical = dict(await lexical_search)
+        finally:
+            lexical_search.cancel()
         dense = dict(dense_top)
         neighbours: dict[int, tuple[int | None, int | None]] = {}
         if weights.neighbour > 0:
@@ -202,6 +211,10 @@ class Retriever:
             results.append(ScoredMemory(memory, score, c.rankers, c.dense, c.lexical))
         results.sort(key=lambda r: (-r.score, -r.memory.id))
         return results[:k]
+
+
+async def _nothing() -> list[tuple[int, float]]:
+    return []
 
 
 def lexical_document(memory: Memory, previous: Memory | None) -> tuple[str, str]:

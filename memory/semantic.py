@@ -271,8 +271,13 @@ class SemanticMemory:
     ) -> list[ScoredMemory]:
         assert self._encoder is not None and self._index is not None
         await self.wait_indexed(user_id)
-        query_vector = (await self._encoder.encode([query]))[0]
-        return await self._retriever.retrieve(self._index, user_id, query, query_vector, k, kinds)
+        encoder = self._encoder
+
+        async def embed_query() -> Vectors:
+            vectors: Vectors = await encoder.encode([query])
+            return vectors[0]
+
+        return await self._retriever.retrieve(self._index, user_id, query, embed_query, k, kinds)
 
     async def stats(self) -> dict[str, Any]:
         index = self._index

@@ -25,6 +25,7 @@ from memory.records import HistoryEntry, Memory
 log = logging.getLogger(__name__)
 
 Migration = Callable[[sqlite3.Connection], None]
+CHECKPOINT_INTERVAL = 1.0
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -162,6 +163,7 @@ class SqliteStore:
         self._write_conn: aiosqlite.Connection | None = None
         self._read_conn: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,6 +178,8 @@ class SqliteStore:
                 return applied
             self._write_conn = await self._connect(str(self.path))
             await self._write_conn.execute("PRAGMA journal_mode = WAL")
+            # Checkpoints run on the read connection's thread (below), not inside a commit.
+            await self._write_conn.execute("PRAGMA wal_autocheckpoint = 0")
             await self._write_conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             if integrity_check:
                 await self._check_integrity(self._write_conn)
@@ -186,7 +190,22 @@ class SqliteStore:
             raise damaged_database(self.path, exc) from exc
         self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch)
         self._writer.start()
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="memory-bot checkpoint")
         return applied
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy the WAL into the database in the background, so commits never wait for it."""
+        done = 0
+        while self._writer is not None and self._read_conn is not None:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            writer, conn = self._writer, self._read_conn
+            if writer is None or conn is None or writer.units == done:
+                continue
+            done = writer.units
+            try:
+                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:
+                log.warning("background checkpoint of %s failed (retried later): %s", self.path, exc)
 
     async def _connect(self, target: str) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(target, uri=target.startswith("file:"))
@@ -202,8 +221,14 @@ class SqliteStore:
     async def close(self) -> None:
         """Commit what is queued and close; safe to call twice."""
         writer, self._writer = self._writer, None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.cancel()
+            await asyncio.gather(checkpointer, return_exceptions=True)
         if writer is not None:
             await writer.close()
+            if self._write_conn is not None:
+                await self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         for name in ("_read_conn", "_write_conn"):
             conn = getattr(self, name)
             setattr(self, name, None)

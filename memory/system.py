@@ -336,7 +336,7 @@ class MemorySystem:
         extra: Iterable[Statement] = (),
     ) -> None:
         """Commit under the caller's user lock; install the new state only once durable."""
-        encoded = orjson.dumps(new.to_dict())
+        encoded = new.to_json()
         statements = context_statements(new, encoded.decode(), now, actor, change)
         statements += await self._memory_statements(memories)
         statements += extra

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -115,6 +116,7 @@ def test_dict_round_trip_is_lossless(
     )
     again = UserContext.from_dict(ctx.to_dict())
     assert again == ctx
+    assert ctx.to_json() == orjson.dumps(ctx.to_dict())  # the fast encoding is the same JSON
     assert again.to_dict() == ctx.to_dict()
 
 
