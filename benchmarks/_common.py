@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -141,3 +141,25 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
     print(text, flush=True)
     if out is not None:
         out.write_text(text + "\n")
+
+
+def run_benchmark(
+    name: str,
+    description: str,
+    run: Callable[[bool, int], Awaitable[dict[str, Any]]],
+    finish: Callable[[dict[str, Any], bool], dict[str, Any]],
+) -> None:
+    """The shared main(): parse args, run, add machine facts and load, ``finish`` adds targets."""
+    args = parse_args(description)
+    result: dict[str, Any] = {
+        "benchmark": name,
+        "quick": args.quick,
+        "machine": machine(),
+        "loadavg_start": load_average(),
+    }
+    started = time.perf_counter()
+    result |= asyncio.run(run(args.quick, args.seed))
+    result["loadavg_end"] = load_average()
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    result |= finish(result, args.quick)
+    emit(result, args.out)

@@ -15,17 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import (
-    StallTicker,
-    emit,
-    load_average,
-    log,
-    machine,
-    met,
-    parse_args,
-    summarise,
-    temp_data_dir,
-)
+from _common import StallTicker, log, met, run_benchmark, summarise, temp_data_dir
 
 from memory import MemorySystem, Settings, load_settings
 
@@ -378,20 +368,12 @@ async def run(cfg: Config, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    cfg = QUICK if args.quick else Config()
-    result: dict[str, Any] = {
-        "benchmark": "bench_context",
-        "quick": args.quick,
-        "machine": machine(),
-        "loadavg_start": load_average(),
-    }
-    started = time.perf_counter()
-    result |= asyncio.run(run(cfg, args.seed))
-    result["loadavg_end"] = load_average()
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["targets"] = targets(result, cfg)
-    emit(result, args.out)
+    run_benchmark(
+        "bench_context",
+        __doc__.splitlines()[0],
+        lambda quick, seed: run(QUICK if quick else Config(), seed),
+        lambda result, quick: {"targets": targets(result, QUICK if quick else Config())},
+    )
 
 
 if __name__ == "__main__":

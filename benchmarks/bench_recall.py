@@ -45,9 +45,7 @@ class Question:
     evidence: frozenset[str]
 
 
-def load(
-    data: Path, limit: int | None
-) -> tuple[dict[str, list[tuple[str, str, datetime]]], list[Question]]:
+def load(data: Path, limit: int | None) -> tuple[dict[str, list[tuple[str, str, datetime]]], list[Question]]:
     """Turns per conversation (dia_id, text, time) and the questions."""
     turns: dict[str, list[tuple[str, str, datetime]]] = {}
     questions: list[Question] = []
@@ -55,9 +53,7 @@ def load(
         doc = json.loads(path.read_text())
         user = path.stem
         rows = []
-        sessions = sorted(
-            int(k.split("_")[1]) for k in doc if re.fullmatch(r"session_\d+", k) and doc[k]
-        )
+        sessions = sorted(int(k.split("_")[1]) for k in doc if re.fullmatch(r"session_\d+", k) and doc[k])
         for s in sessions:
             when = datetime.strptime(doc[f"session_{s}_date_time"].strip(), "%I:%M %p on %d %B, %Y")
             for turn in doc[f"session_{s}"]:
@@ -73,15 +69,11 @@ def load(
                 for e in qa.get("evidence", [])
                 for a, b in re.findall(r"D\s*:?\s*(\d+)\s*:\s*(\d+)", e)
             }
-            questions.append(
-                Question(user, qa["question"], int(qa["category"]), frozenset(evidence))
-            )
+            questions.append(Question(user, qa["question"], int(qa["category"]), frozenset(evidence)))
     return turns, questions
 
 
-async def build(
-    folder: Path, settings: Any, turns: dict[str, list[tuple[str, str, datetime]]]
-) -> float:
+async def build(folder: Path, settings: Any, turns: dict[str, list[tuple[str, str, datetime]]]) -> float:
     started = time.perf_counter()
     async with MemorySystem(folder, settings=settings) as ms:
         for user, rows in turns.items():
@@ -91,9 +83,7 @@ async def build(
     return time.perf_counter() - started
 
 
-async def evaluate(
-    folder: Path, settings: Any, questions: list[Question]
-) -> tuple[dict[str, Any], float]:
+async def evaluate(folder: Path, settings: Any, questions: list[Question]) -> tuple[dict[str, Any], float]:
     hits: dict[str, dict[int, list[tuple[float, float]]]] = {}
     started = time.perf_counter()
     async with MemorySystem(folder, settings=settings) as ms:
@@ -130,6 +120,16 @@ async def main() -> None:
     parser.add_argument("--model", help="encoder.model setting (default: the configured model)")
     parser.add_argument("--quick", action="store_true", help="two conversations only")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--rankers", nargs="+", choices=sorted(RANKERS), default=list(RANKERS), help="which rankers to run"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a retrieval setting for every ranker, e.g. --set context_weight=0.5",
+    )
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"bench_recall: no dataset at {args.data}; pass --data")
@@ -152,16 +152,20 @@ async def main() -> None:
             "build_seconds": round(build_seconds, 1),
             "rankers": {},
         }
-        for name, weights in RANKERS.items():
+        extra = dict(item.split("=", 1) for item in args.set)
+        for name in args.rankers:
+            weights = {**extra, **RANKERS[name]}
             settings = load_settings(overrides={"encoder": encoder, "retrieval": weights})
             table, per_query = await evaluate(folder, settings, questions)
             report["rankers"][name] = {"seconds_per_query": round(per_query, 4), **table}
             print(f"{name}: recall@10 {table['overall']['recall@10']}", file=sys.stderr)
-        fused = report["rankers"]["fused"]["overall"]["recall@10"]
-        report["fused_beats_both_at_10"] = fused > max(
-            report["rankers"][n]["overall"]["recall@10"] for n in ("dense", "lexical")
-        )
-        report["target_recall@10_0.70_met"] = fused >= 0.70
+        report["settings"] = extra
+        if {"fused", "dense", "lexical"} <= set(args.rankers):
+            fused = report["rankers"]["fused"]["overall"]["recall@10"]
+            report["fused_beats_both_at_10"] = fused > max(
+                report["rankers"][n]["overall"]["recall@10"] for n in ("dense", "lexical")
+            )
+            report["target_recall@10_0.70_met"] = fused >= 0.70
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     text = json.dumps(report, indent=2)

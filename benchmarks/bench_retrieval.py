@@ -29,7 +29,7 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
-from _common import emit, load_average, log, machine, met, parse_args, summarise, temp_data_dir
+from _common import log, met, run_benchmark, summarise, temp_data_dir
 
 from memory import HashingEncoder, MemorySystem, Settings, load_settings
 from memory.encoder import build_encoder  # internal: the encoder figures build it directly
@@ -472,21 +472,12 @@ async def run(cfg: Config, seed: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    cfg = QUICK if args.quick else Config()
-    result: dict[str, Any] = {
-        "benchmark": "bench_retrieval",
-        "quick": args.quick,
-        "machine": machine(),
-        "loadavg_start": load_average(),
-    }
-    started = time.perf_counter()
-    result |= asyncio.run(run(cfg, args.seed))
-    result["loadavg_end"] = load_average()
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    result["retrieve_breakdown"] = retrieve_breakdown(result)
-    result["targets"] = targets(result)
-    emit(result, args.out)
+    run_benchmark(
+        "bench_retrieval",
+        __doc__.splitlines()[0],
+        lambda quick, seed: run(QUICK if quick else Config(), seed),
+        lambda result, _: {"retrieve_breakdown": retrieve_breakdown(result), "targets": targets(result)},
+    )
 
 
 if __name__ == "__main__":

@@ -96,6 +96,12 @@ def recalled_text(scored: ScoredMemory) -> str:
     return exchange_message(memory.text) if memory.kind == "exchange" else memory.text.strip()
 
 
+# Cosine above which a memory is on topic though it shares no word with the message
+# ("the name of my dog" ~ "I adopted a puppy named Rex" is 0.45 with MiniLM; unrelated
+# sentences stay below 0.3).
+MEANING_THRESHOLD = 0.4
+
+
 class TemplateResponder:
     """Offline and deterministic: the same request always gets the same reply."""
 
@@ -156,7 +162,8 @@ class TemplateResponder:
         for key, value in request.context.preferences.items():
             if key in request.learned:
                 continue
-            if key == persona.NAME_KEY and "name" in words:
+            asks_own_name = "my name" in request.message.lower() or {"who", "am", "i"} <= words
+            if key == persona.NAME_KEY and asks_own_name:
                 answers.append(f"your name is {value}")
             elif key == persona.LIKES_KEY and words & {"like", "love", "likes"}:
                 answers.append(f"you like {value}")
@@ -168,10 +175,12 @@ class TemplateResponder:
     def _memory_callback(request: ReplyRequest) -> str:
         current = request.message.strip().lower()
         for scored in request.memories:
-            if "lexical" not in scored.rankers:
-                continue
             said = recalled_text(scored)
-            if not said or said.lower() == current or not _shared_words(said, current):
+            if not said or said.lower() == current or said.rstrip().endswith("?"):
+                continue  # a question asked before is nothing the person told us
+            on_topic = "lexical" in scored.rankers and _shared_words(said, current)
+            close_in_meaning = (scored.dense_score or 0.0) >= MEANING_THRESHOLD
+            if not (on_topic or close_in_meaning):
                 continue
             quote = shorten(said, QUOTE_LENGTH)
             if scored.memory.kind == "exchange":

@@ -166,7 +166,9 @@ class Retriever:
         # The lexical query needs no vector: it runs on SQLite's thread while the model works.
         match = fts_query(query)
         lexical_search = asyncio.ensure_future(
-            self._store.lexical_search(user_id, match, candidates * 2, kinds) if match else _nothing()
+            self._store.lexical_search(user_id, match, candidates * 2, kinds, cfg.context_weight)
+            if match
+            else _nothing()
         )
         try:
             query_vector = await embed_query()

@@ -274,8 +274,8 @@ class SemanticMemory:
         encoder = self._encoder
 
         async def embed_query() -> Vectors:
-            vectors: Vectors = await encoder.encode([query])
-            return vectors[0]
+            row: Vectors = (await encoder.encode([query]))[0]
+            return row
 
         return await self._retriever.retrieve(self._index, user_id, query, embed_query, k, kinds)
 

@@ -72,6 +72,7 @@ class RetrievalSettings:
     dense_weight: float = field(default=0.6, metadata=_rule(low=0, high=1))
     lexical_weight: float = field(default=0.4, metadata=_rule(low=0, high=1))
     neighbour_weight: float = field(default=0.5, metadata=_rule(low=0, high=1))
+    context_weight: float = field(default=1.0, metadata=_rule(low=0, high=1))
     session_gap_minutes: float = field(default=30.0, metadata=_rule(low=0, high=525_600))
     recency_weight: float = field(default=0.0, metadata=_rule(low=0, high=1))
     recency_half_life_days: float = field(default=30.0, metadata=_rule(low=0.001, high=100_000))
@@ -87,7 +88,7 @@ class BotSettings:
     rate_limit_messages: int = field(default=5, metadata=_rule(low=1, high=10_000))
     rate_limit_seconds: float = field(default=10.0, metadata=_rule(low=0.001, high=86_400))
     responder: str = field(default="template", metadata=_rule(choices=("template", "openai")))
-    memories_in_reply: int = field(default=3, metadata=_rule(low=0, high=50))
+    memories_in_reply: int = field(default=5, metadata=_rule(low=0, high=50))
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3.2"
     llm_timeout: float = field(default=30.0, metadata=_rule(low=0.1, high=600))

@@ -385,7 +385,12 @@ class SqliteStore:
         return [(r[0], r[1]) for r in rows]
 
     async def lexical_search(
-        self, user_id: str, match: str, limit: int, kinds: Iterable[str] | None = None
+        self,
+        user_id: str,
+        match: str,
+        limit: int,
+        kinds: Iterable[str] | None = None,
+        context_weight: float = 1.0,
     ) -> list[tuple[int, float]]:
         """(memory id, BM25 score, higher is better) of the user's memories matching ``match``."""
         sql = (
@@ -394,6 +399,7 @@ class SqliteStore:
             " WHERE memories_fts MATCH ? AND m.user_id = ?"
         )
         params: list[Any] = [
+            context_weight,
             f"owner : {owner_token(user_id)} AND {{body context}} : ({match})",
             user_id,
         ]
@@ -401,7 +407,7 @@ class SqliteStore:
             kinds = list(kinds)
             sql += f" AND m.kind IN ({','.join('?' * len(kinds))})"
             params += kinds
-        rows = await self.fetch(sql + f" ORDER BY {BM25} LIMIT ?", (*params, limit))
+        rows = await self.fetch(sql + f" ORDER BY {BM25} LIMIT ?", (*params, context_weight, limit))
         return [(r[0], float(r[1])) for r in rows]
 
     async def last_memory(self, user_id: str) -> Memory | None:
@@ -479,9 +485,9 @@ INSERT_MEMORY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_FTS = "INSERT INTO memories_fts (rowid, owner, body, context) VALUES (?, ?, ?, ?)"
-# BM25 column weights: the owner token scores nothing; words of the previous turn count less
-# than the memory's own, so a reply never outranks the turn it follows on that turn's words.
-BM25 = "bm25(memories_fts, 0.0, 1.0, 0.5)"
+# BM25 column weights: the owner token scores nothing, the memory's own words 1, the words of
+# the previous turn of its session ``context_weight`` (retrieval.context_weight).
+BM25 = "bm25(memories_fts, 0.0, 1.0, ?)"
 
 
 def context_statements(

@@ -36,6 +36,24 @@ def scored(
     return ScoredMemory(Memory(7, "u1", text, kind, NOW, meta), 1.0, rankers)
 
 
+async def test_template_quotes_a_memory_close_in_meaning_but_never_an_old_question() -> None:
+    responder = TemplateResponder()
+    ctx = context(conversations_count=3, preferences={"name": "Sam"})
+    rex = ScoredMemory(
+        Memory(8, "u1", "Sam: I adopted a puppy named Rex\nBot: Cute!", "exchange", NOW, ctx.preferences),
+        0.5,
+        ("dense",),
+        dense_score=0.45,
+    )
+    asked = scored("Sam: what is the name of my dog?\nBot: Good question!")
+    reply = await responder.reply(ReplyRequest(ctx, "what is the name of my dog?", (asked, rex)))
+    assert 'Last time you told me "I adopted a puppy named Rex"' in reply
+    assert "your name is Sam" not in reply  # "the name of my dog" is not a question about Sam
+    assert "your name is Sam" in await responder.reply(ReplyRequest(ctx, "what is my name?"))
+    far = ScoredMemory(rex.memory, 0.5, ("dense",), dense_score=0.2)
+    assert "Last time" not in await responder.reply(ReplyRequest(ctx, "what is the name of my dog?", (far,)))
+
+
 async def test_template_greets_by_chosen_name_and_reflects_friendship() -> None:
     responder = TemplateResponder()
     first = await responder.reply(ReplyRequest(context(), "hello", display_name="Al"))
