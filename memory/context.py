@@ -7,6 +7,7 @@ every change builds a new object through ``copy_with``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from typing import Any, Final
 import orjson
 
 from memory.errors import InvalidInputError
+from memory.validation import is_utf8
 
 PreferenceValue = str | int | float | bool
 MAX_FRIENDSHIP: Final = 100
@@ -116,7 +118,7 @@ class Exchange:
 
 
 def _check_preference(key: Any, value: Any) -> None:
-    if not isinstance(key, str) or not key.strip() or len(key) > MAX_PREFERENCE_KEY:
+    if not isinstance(key, str) or not key.strip() or len(key) > MAX_PREFERENCE_KEY or not is_utf8(key):
         raise InvalidInputError(
             "preference key",
             f"must be a non-empty string of at most {MAX_PREFERENCE_KEY} characters",
@@ -125,7 +127,13 @@ def _check_preference(key: Any, value: Any) -> None:
         raise InvalidInputError(
             f"preference {key!r}", f"must be a string, number or bool, got {type(value).__name__}"
         )
-    if isinstance(value, str) and (len(value) > MAX_PREFERENCE_VALUE or "\x00" in value):
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise InvalidInputError(f"preference {key!r}", "a whole number must fit in 64 bits")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"preference {key!r}", "a number must be finite")
+    if isinstance(value, str) and (
+        len(value) > MAX_PREFERENCE_VALUE or "\x00" in value or not is_utf8(value)
+    ):
         raise InvalidInputError(
             f"preference {key!r}", f"must be at most {MAX_PREFERENCE_VALUE} characters, no NUL"
         )
@@ -163,12 +171,16 @@ class UserContext:
             _check_preference(key, value)
         if not all(isinstance(e, Exchange) for e in self.recent):
             raise InvalidInputError("recent", "must hold Exchange objects")
-        if not isinstance(self.display_name, str) or len(self.display_name) > 100:
+        if (
+            not isinstance(self.display_name, str)
+            or len(self.display_name) > 100
+            or not is_utf8(self.display_name)
+        ):
             raise InvalidInputError("display_name", "must be a string of at most 100 characters")
         for name in ("conversations_count", "version"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidInputError(name, "must be a whole number >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise InvalidInputError(name, "must be a whole number from 0 to 2**63 - 1")
         level = self.friendship_level
         if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= MAX_FRIENDSHIP:
             raise InvalidInputError("friendship_level", f"must be a whole number from 0 to {MAX_FRIENDSHIP}")

@@ -29,7 +29,18 @@ def user_id(value: Any) -> str:
         )
     if _CONTROL.search(value):
         raise InvalidInputError("user_id", "must not contain control characters")
+    if not is_utf8(value):
+        raise InvalidInputError("user_id", "must be valid Unicode (it holds a lone surrogate)")
     return value
+
+
+def is_utf8(value: str) -> bool:
+    """False for strings that cannot be stored: lone surrogates have no UTF-8 form."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def text(field: str, value: Any, max_length: int, *, allow_empty: bool = True) -> str:
@@ -41,6 +52,8 @@ def text(field: str, value: Any, max_length: int, *, allow_empty: bool = True) -
         )
     if "\x00" in value:
         raise InvalidInputError(field, "must not contain NUL bytes")
+    if not is_utf8(value):
+        raise InvalidInputError(field, "must be valid Unicode (it holds a lone surrogate)")
     if not allow_empty and not value.strip():
         raise InvalidInputError(field, "must not be empty")
     return value

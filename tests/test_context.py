@@ -67,6 +67,12 @@ def test_copy_with_validates() -> None:
         ctx.copy_with(user_id="bob")
     with pytest.raises(InvalidInputError, match="preference"):
         ctx.copy_with(preferences={"food": ["a", "list"]})
+    with pytest.raises(InvalidInputError, match="64 bits"):
+        ctx.copy_with(preferences={"big": 2**64})
+    with pytest.raises(InvalidInputError, match="preference 'x'"):
+        ctx.copy_with(preferences={"x": "\ud800"})
+    with pytest.raises(InvalidInputError, match="finite"):
+        ctx.copy_with(preferences={"x": float("nan")})
     with pytest.raises(InvalidInputError, match="last_seen"):
         ctx.copy_with(last_seen=datetime(2026, 1, 1))
 
@@ -79,15 +85,20 @@ def test_contexts_are_hashable_and_compare_by_value() -> None:
 
 text = st.text(max_size=40)
 times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
-no_nul = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=40)
+no_nul = st.text(
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40
+)
 pref_values = st.one_of(
-    no_nul, st.integers(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)
+    no_nul,
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
 )
 
 
 @given(
     name=st.text(max_size=100),
-    count=st.integers(min_value=0, max_value=10**9),
+    count=st.integers(min_value=0, max_value=2**63 - 1),
     level=st.integers(min_value=0, max_value=100),
     prefs=st.dictionaries(st.text(min_size=1, max_size=20).filter(str.strip), pref_values, max_size=5),
     recent=st.lists(st.tuples(text, text, times), max_size=4),

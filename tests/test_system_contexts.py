@@ -107,6 +107,7 @@ async def test_rollback_errors_name_the_problem(ms: MemorySystem) -> None:
         ("", "must not be empty"),
         ("x" * 129, "at most 128"),
         ("bad\nid", "control characters"),
+        ("bad\ud800id", "surrogate"),
         (None, "string or an integer"),
         (True, "bool"),
         (-5, "negative"),
@@ -139,6 +140,7 @@ async def test_bad_texts_are_rejected_and_change_nothing(ms: MemorySystem) -> No
     cases = [
         (ms.update_context("alice", "x" * 4001, "r"), "message", "at most 4000"),
         (ms.update_context("alice", "m", "nul\x00"), "response", "NUL"),
+        (ms.update_context("alice", "lone \ud800", "r"), "message", "surrogate"),
         (ms.update_context("alice", 5, "r"), "message", "string"),  # type: ignore[arg-type]
         (ms.set_preference("alice", "", "v"), "preference key", "empty"),
         (ms.set_preference("alice", "k", ["list"]), "preference 'k'", "string, number or bool"),
