@@ -27,13 +27,15 @@ MAX_PREFERENCE_VALUE: Final = 500
 class FrozenMap(Mapping[str, Any]):
     """A read-only, hashable mapping: item assignment and deletion raise TypeError."""
 
-    __slots__ = ("_data", "_hash")
+    __slots__ = ("_checked_as_preferences", "_data", "_hash")
     _data: dict[str, Any]
     _hash: int | None
+    _checked_as_preferences: bool
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_data", dict(data or {}))
         object.__setattr__(self, "_hash", None)
+        object.__setattr__(self, "_checked_as_preferences", False)
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -167,8 +169,11 @@ class UserContext:
             if not isinstance(recent, list):
                 raise InvalidInputError("recent", "must be a tuple or list of exchanges")
             object.__setattr__(self, "recent", tuple(recent))
-        for key, value in self.preferences.items():
-            _check_preference(key, value)
+        prefs = self.preferences
+        if not prefs._checked_as_preferences:  # immutable, so checking once is enough
+            for key, value in prefs.items():
+                _check_preference(key, value)
+            object.__setattr__(prefs, "_checked_as_preferences", True)
         if not all(isinstance(e, Exchange) for e in self.recent):
             raise InvalidInputError("recent", "must hold Exchange objects")
         if (

@@ -17,11 +17,12 @@ Reciprocal rank fusion loses here because it throws away how far ahead the best 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 from memory.encoder import Vectors
@@ -221,8 +222,12 @@ async def _nothing() -> list[tuple[int, float]]:
 
 def lexical_document(memory: Memory, previous: Memory | None) -> tuple[str, str]:
     """What FTS5 indexes: the memory with its date in words, and the session's previous turn."""
-    when = f"[{memory.created_at.day} {memory.created_at:%B %Y}]"
-    return f"{memory.text} {when}", previous.text if previous is not None else ""
+    return f"{memory.text} {_date_words(memory.created_at.date())}", previous.text if previous else ""
+
+
+@functools.lru_cache(maxsize=4_096)
+def _date_words(day: date) -> str:
+    return f"[{day.day} {day:%B %Y}]"
 
 
 def same_session(previous: Memory | None, memory: Memory, gap_minutes: float) -> bool:

@@ -7,6 +7,7 @@ group-commit writer; reads use a second connection, which in WAL mode never bloc
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -95,6 +96,7 @@ MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+@functools.lru_cache(maxsize=65_536)
 def owner_token(user_id: str) -> str:
     """One FTS5 token per user id that no other id shares.
 
