@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from _common import log, met, run_benchmark, summarise, temp_data_dir
 
-from memory import HashingEncoder, MemorySystem, Settings, load_settings
+from memory import EncoderError, HashingEncoder, MemorySystem, Settings, load_settings
 from memory.encoder import build_encoder  # internal: the encoder figures build it directly
 from memory.index import PerUserIndex  # internal: the search-part figures time it directly
 from memory.recovery import DB_NAME  # internal: the database's file name in a data folder
@@ -339,11 +339,11 @@ async def hashing_set(root: Path, cfg: Config, rng: random.Random) -> dict[str, 
 # -- the real model -------------------------------------------------------------------------
 
 
-async def real_set(root: Path, cfg: Config, rng: random.Random) -> dict[str, Any]:
+async def real_set(root: Path, cfg: Config, rng: random.Random, backend: str = "torch") -> dict[str, Any]:
     items = memory_texts(cfg.real_users, cfg.per_user, rng)
     qs = queries(cfg.real_users, cfg.retrieve_queries + cfg.concurrent_queries + 20, rng)
-    settings = bench_settings({"kind": "sentence-transformers", "backend": "torch"})
-    async with MemorySystem(root / "real", settings=settings) as ms:
+    settings = bench_settings({"kind": "sentence-transformers", "backend": backend})
+    async with MemorySystem(root / f"real-{backend}", settings=settings) as ms:
         _, load = await load_set(ms, items, cfg.callers)
         log(f"  embedded {len(items):,} texts; timing retrieve")
         await time_async(retrieve_calls(ms, qs[:20]))  # warm-up
@@ -356,7 +356,8 @@ async def real_set(root: Path, cfg: Config, rng: random.Random) -> dict[str, Any
     batches = after["encoder_batches"] - before["encoder_batches"]
     return {
         "data_set": (
-            f"real set: {cfg.real_users:,} users x {cfg.per_user} memories, {settings.encoder.model} torch"
+            f"real set: {cfg.real_users:,} users x {cfg.per_user} memories,"
+            f" {settings.encoder.model} {backend}"
         ),
         "load": load,
         "retrieve_ms_one_at_a_time": summarise(single, scale=1e3),
@@ -451,6 +452,9 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         "search_part_faiss_p99_ms": met(search, 0.5),
         "search_part_fts5_p99_ms": met(lexical, 0.5),
         "retrieve_p50_ms_torch": met(result["real_set"]["retrieve_ms_one_at_a_time"]["p50"], 10.0),
+        "retrieve_p50_ms_onnx": met(
+            result["real_set_onnx"].get("retrieve_ms_one_at_a_time", {}).get("p50"), 5.0
+        ),
         "concurrent_encoder_over_batched": met(torch.get("concurrent_over_batched"), 0.8, at_least=True),
         "save_memory_per_s": met(
             result["hashing_set"]["load"]["saves_acknowledged_per_s"], 2_000, at_least=True
@@ -466,6 +470,11 @@ async def run(cfg: Config, seed: int) -> dict[str, Any]:
         result["hashing_set"] = await hashing_set(root, cfg, rng)
         log(f"2/3 real set: {cfg.real_users:,} users x {cfg.per_user}")
         result["real_set"] = await real_set(root, cfg, rng)
+        log("2b/3 real set, onnx backend (needs `make install-onnx`)")
+        try:
+            result["real_set_onnx"] = await real_set(root, cfg, rng, "onnx")
+        except EncoderError as exc:
+            result["real_set_onnx"] = {"skipped": True, "error": str(exc)}
     log("3/3 encoder throughput")
     result["encoder_throughput"] = await encoder_figures(cfg, rng)
     return result
