@@ -105,7 +105,7 @@ class MemoryActions:
 
     async def profile(self, user_id: str | int) -> str:
         context = await self.memory.get_user_context(user_id)
-        count = len(await self.memory.get_memories(user_id))
+        count = await self.memory.count_memories(user_id)
         name = context.preferences.get(persona.NAME_KEY) or context.display_name or "(no name yet)"
         lines = [
             f"Profile of {name}",

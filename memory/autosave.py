@@ -17,6 +17,7 @@ from typing import Any
 from memory.errors import StorageError
 from memory.locks import LockLevel, OrderedLock
 from memory.snapshot import write_snapshot
+from memory.workers import wait_any
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF = 60.0
@@ -85,12 +86,7 @@ class AutoSaver:
 
     async def _wait(self, event: asyncio.Event, timeout: float | None) -> bool:
         """Wait for ``event`` or for the saver to stop; True when stopping."""
-        waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stopping.wait())}
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        await wait_any(event, self._stopping, timeout=timeout)
         return self._stopping.is_set()
 
     async def close(self) -> None:

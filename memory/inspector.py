@@ -241,7 +241,7 @@ class Inspector:
             uid = await self.require_user(user_id)
             context = await self._context(uid)
             versions = int((await self.store.fetch(_VERSION_COUNT, (uid,)))[0][0])
-            memories = len(await self.store.memory_ids(uid))
+            memories = await self.store.count_memories(uid)
         return UserView(uid, context, versions, memories)
 
     async def history(self, user_id: str | int) -> list[HistoryEntry]:
@@ -266,7 +266,7 @@ class Inspector:
             raise InvalidInputError("offset", "must be a whole number >= 0")
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
-            total = len(await self.store.memory_ids(uid))
+            total = await self.store.count_memories(uid)
             with self._stored_data():
                 page = await self.store.memories(uid, limit=limit, offset=offset)
         return MemoryPage(page, offset, total)

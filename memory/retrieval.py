@@ -23,7 +23,7 @@ import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from memory.encoder import Vectors
 from memory.index import PerUserIndex
@@ -31,7 +31,6 @@ from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
 from memory.store import SqliteStore
 
-T = TypeVar("T")
 IndexRunner = Callable[..., Awaitable[Any]]
 
 _TOKEN = re.compile(r"[\w']+", re.UNICODE)

@@ -26,7 +26,7 @@ from memory.recovery import StartupReport
 from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.store import SqliteStore, embedding_statement
-from memory.workers import SingleThreadWorker
+from memory.workers import SingleThreadWorker, wait_any
 
 log = logging.getLogger(__name__)
 INDEX_SAVE_INTERVAL = 30.0
@@ -181,13 +181,7 @@ class SemanticMemory:
             if not self._pending:
                 self._work.clear()
                 await self._maybe_save_index()
-                waits = {
-                    asyncio.ensure_future(self._work.wait()),
-                    asyncio.ensure_future(self._stopping.wait()),
-                }
-                await asyncio.wait(waits, timeout=INDEX_SAVE_INTERVAL, return_when=asyncio.FIRST_COMPLETED)
-                for w in waits:
-                    w.cancel()
+                await wait_any(self._work, self._stopping, timeout=INDEX_SAVE_INTERVAL)
             if self._stopping.is_set() and (not self._pending or self._embed_error is not None):
                 return  # drained (or the encoder is failing: the rest is embedded on next start)
             if not self._pending:

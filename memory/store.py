@@ -20,7 +20,7 @@ import orjson
 
 from memory.context import UserContext, freeze_json, parse_time
 from memory.errors import StorageError, SystemClosedError
-from memory.group_commit import DB_ERRORS, GroupCommitWriter, Statement, run_on_connection_thread
+from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
 from memory.records import HistoryEntry, Memory
 
 log = logging.getLogger(__name__)
@@ -258,13 +258,6 @@ class SqliteStore:
             "largest_batch": w.largest_batch,
         }
 
-    async def run_exclusive(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run ``fn`` on the write connection's thread, between group commits."""
-        if self._writer is None or self._write_conn is None:
-            raise SystemClosedError(f"the database {self.path} is not open for writing")
-        async with self._writer.db_lock:
-            return await run_on_connection_thread(self._write_conn, fn)
-
     # -- reading -----------------------------------------------------------------------------
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
@@ -347,14 +340,6 @@ class SqliteStore:
             "SELECT count(*), coalesce(max(id), 0) FROM memories WHERE embedding IS NOT NULL"
         )
         return int(rows[0][0]), int(rows[0][1])
-
-    async def embeddings(self, after_id: int = 0) -> list[tuple[int, str, bytes]]:
-        """(id, user_id, float32 blob) of embedded memories, by id."""
-        rows = await self.fetch(
-            "SELECT id, user_id, embedding FROM memories WHERE embedding IS NOT NULL AND id > ? ORDER BY id",
-            (after_id,),
-        )
-        return [(r[0], r[1], r[2]) for r in rows]
 
     async def embeddings_for(self, ids: Sequence[int]) -> list[tuple[int, str, bytes]]:
         if not ids:
@@ -552,16 +537,3 @@ def forget_user_statements(user_id: str) -> list[Statement]:
 
 def embedding_statement(memory_id: int, vector: bytes) -> Statement:
     return ("UPDATE memories SET embedding = ? WHERE id = ?", (vector, memory_id))
-
-
-__all__ = [
-    "DB_ERRORS",
-    "SCHEMA_VERSION",
-    "SqliteStore",
-    "context_statements",
-    "embedding_statement",
-    "forget_memory_statements",
-    "forget_user_statements",
-    "memory_statements",
-    "owner_token",
-]

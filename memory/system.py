@@ -333,13 +333,11 @@ class MemorySystem:
         actor: str,
         change: dict[str, Any],
         memories: list[Memory],
-        extra: Iterable[Statement] = (),
     ) -> None:
         """Commit under the caller's user lock; install the new state only once durable."""
         encoded = new.to_json()
         statements = context_statements(new, encoded.decode(), now, actor, change)
         statements += await self._memory_statements(memories)
-        statements += extra
         cancelled = await self._commit_unit(statements, memories)
         self._contexts[new.user_id] = new
         self._encoded[new.user_id] = encoded
@@ -418,10 +416,8 @@ class MemorySystem:
             await self._commit_memories([memory])
         return memory
 
-    async def _commit_memories(self, memories: list[Memory], extra: Iterable[Statement] = ()) -> None:
-        statements = await self._memory_statements(memories)
-        statements += extra
-        if await self._commit_unit(statements, memories):
+    async def _commit_memories(self, memories: list[Memory]) -> None:
+        if await self._commit_unit(await self._memory_statements(memories), memories):
             raise asyncio.CancelledError
 
     async def get_memories(

@@ -10,6 +10,16 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Until one of ``events`` is set or ``timeout`` passes; leaves no waiter behind."""
+    waits = {asyncio.ensure_future(event.wait()) for event in events}
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waits:
+            waiter.cancel()
+
+
 class SingleThreadWorker:
     """Calls run in order on one thread, so the resource behind it needs no lock of its own."""
 
