@@ -41,14 +41,6 @@ from memory.snapshot import read_snapshot
 from memory.store import SCHEMA_VERSION, SqliteStore
 from memory.system import EXPORT_FORMAT, MEMORY_KINDS
 
-# The few reads the store has no method for (see the report: they belong in store.py).
-_CONTEXT_OF = "SELECT data FROM contexts WHERE user_id = ?"
-_MEMORY_COUNTS = "SELECT user_id, count(*) FROM memories GROUP BY user_id"
-_VERSION_COUNT = "SELECT count(*) FROM context_history WHERE user_id = ?"
-_LEXICAL_ROWS = "SELECT count(*) FROM memories_fts"
-_LEXICAL_ORPHANS = "SELECT count(*) FROM memories_fts WHERE rowid NOT IN (SELECT id FROM memories)"
-_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
-
 OK, WARN, FAIL = "ok", "warn", "fail"
 _EMBEDDING_CHUNK = 500
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -201,7 +193,7 @@ class Inspector:
             raise InvalidInputError("sort", f"must be one of {', '.join(USER_SORTS)}")
         async with self._read_snapshot():
             stored = await self.store.load_contexts()
-            counts = {r[0]: int(r[1]) for r in await self.store.fetch(_MEMORY_COUNTS)}
+            counts = await self.store.memory_counts()
         with self._stored_data():
             contexts = {uid: UserContext.from_dict(orjson.loads(data)) for uid, data in stored}
         rows = []
@@ -223,16 +215,16 @@ class Inspector:
         return rows if limit is None else rows[:limit]
 
     async def _context(self, uid: str) -> UserContext | None:
-        rows = await self.store.fetch(_CONTEXT_OF, (uid,))
-        if not rows:
+        data = await self.store.context_data(uid)
+        if data is None:
             return None
         with self._stored_data():
-            return UserContext.from_dict(orjson.loads(rows[0][0]))
+            return UserContext.from_dict(orjson.loads(data))
 
     async def require_user(self, user_id: str | int) -> str:
         """The validated id of a user with a context or memories; else UserNotFoundError."""
         uid = validation.user_id(user_id)
-        if await self.store.fetch(_CONTEXT_OF, (uid,)) or await self.store.memory_ids(uid):
+        if await self.store.context_data(uid) is not None or await self.store.count_memories(uid):
             return uid
         raise UserNotFoundError(uid)
 
@@ -240,7 +232,7 @@ class Inspector:
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
             context = await self._context(uid)
-            versions = int((await self.store.fetch(_VERSION_COUNT, (uid,)))[0][0])
+            versions = await self.store.version_count(uid)
             memories = await self.store.count_memories(uid)
         return UserView(uid, context, versions, memories)
 
@@ -353,13 +345,13 @@ class Inspector:
                 "users": await store.count("contexts"),
                 "history_rows": await store.count("context_history"),
                 "memories": memories,
-                "lexical_rows": int((await store.fetch(_LEXICAL_ROWS))[0][0]),
+                "lexical_rows": (await store.lexical_rows())[0],
                 "embedded": embedded,
                 "pending_embeddings": memories - embedded,
                 "highest_embedded_id": max_id,
             }
             model = await self.stored_model()
-            schema = int((await store.fetch(_SCHEMA_VERSION))[0][0])
+            schema = await store.schema_version()
         files = {
             name: _size(self.data_dir / name)
             for name in (
@@ -397,7 +389,7 @@ class Inspector:
         ]
 
     async def _check_database(self) -> Check:
-        problems = [" ".join(str(r[0]).split()) for r in await self.store.fetch("PRAGMA integrity_check")]
+        problems = await self.store.integrity_problems()
         if problems != ["ok"]:
             shown = "; ".join(problems[:3])
             return Check(
@@ -405,7 +397,7 @@ class Inspector:
                 FAIL,
                 f"{self.db_path}: integrity_check found {len(problems)} problem(s): {shown}",
             )
-        schema = int((await self.store.fetch(_SCHEMA_VERSION))[0][0])
+        schema = await self.store.schema_version()
         if schema > SCHEMA_VERSION:
             return Check(
                 "database",
@@ -419,8 +411,7 @@ class Inspector:
     async def _check_lexical(self) -> Check:
         async with self._read_snapshot():
             memories = await self.store.count("memories")
-            rows = int((await self.store.fetch(_LEXICAL_ROWS))[0][0])
-            orphans = int((await self.store.fetch(_LEXICAL_ORPHANS))[0][0])
+            rows, orphans = await self.store.lexical_rows()
         missing = memories - (rows - orphans)
         if orphans or missing:
             return Check(

@@ -425,6 +425,35 @@ class SqliteStore:
         rows = await self.fetch("SELECT count(*) FROM memories WHERE user_id = ?", (user_id,))
         return int(rows[0][0])
 
+    async def context_data(self, user_id: str) -> str | None:
+        """The stored JSON of one user's context."""
+        rows = await self.fetch("SELECT data FROM contexts WHERE user_id = ?", (user_id,))
+        return str(rows[0][0]) if rows else None
+
+    async def memory_counts(self) -> dict[str, int]:
+        rows = await self.fetch("SELECT user_id, count(*) FROM memories GROUP BY user_id")
+        return {r[0]: int(r[1]) for r in rows}
+
+    async def version_count(self, user_id: str) -> int:
+        rows = await self.fetch("SELECT count(*) FROM context_history WHERE user_id = ?", (user_id,))
+        return int(rows[0][0])
+
+    async def lexical_rows(self) -> tuple[int, int]:
+        """(rows in the FTS5 table, rows of it whose memory is gone)."""
+        total = await self.fetch("SELECT count(*) FROM memories_fts")
+        orphans = await self.fetch(
+            "SELECT count(*) FROM memories_fts WHERE rowid NOT IN (SELECT id FROM memories)"
+        )
+        return int(total[0][0]), int(orphans[0][0])
+
+    async def schema_version(self) -> int:
+        rows = await self.fetch("SELECT coalesce(max(version), 0) FROM schema_version")
+        return int(rows[0][0])
+
+    async def integrity_problems(self) -> list[str]:
+        """What ``PRAGMA integrity_check`` reports; ["ok"] for a sound file."""
+        return [" ".join(str(r[0]).split()) for r in await self.fetch("PRAGMA integrity_check")]
+
     async def count(self, table: str) -> int:
         if table not in ("contexts", "context_history", "memories"):
             raise ValueError(table)
