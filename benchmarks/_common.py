@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ def emit(result: dict[str, Any], out: Path | None) -> None:
 def run_benchmark(
     name: str,
     description: str,
-    run: Callable[[bool, int], Awaitable[dict[str, Any]]],
+    run: Callable[[bool, int], Coroutine[Any, Any, dict[str, Any]]],
     finish: Callable[[dict[str, Any], bool], dict[str, Any]],
 ) -> None:
     """The shared main(): parse args, run, add machine facts and load, ``finish`` adds targets."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from memory import MemorySystem, load_settings
+from memory.encoder import effective_precision  # internal: the number format in use
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "locomo-dev"
@@ -149,6 +150,7 @@ async def main() -> None:
             "memories": sum(map(len, turns.values())),
             "model": base.encoder.model,
             "backend": base.encoder.backend,
+            "precision": effective_precision(base.encoder),
             "build_seconds": round(build_seconds, 1),
             "rankers": {},
         }

@@ -1,8 +1,15 @@
 """Encoders: the protocol, the sentence-transformers encoder with micro-batching, a test encoder.
 
-The real model runs on its own thread. Concurrent ``encode`` calls are gathered for about a
-millisecond (or up to a batch) and answered by one model call, so throughput under load is
-close to the model's batch throughput instead of its one-text-at-a-time speed.
+The real model runs on its own thread. Concurrent ``encode`` calls that queue while the model
+is busy are answered together by its next call (up to a batch; ``batch_wait_ms`` can add a
+wait), so throughput under load is close to the model's batch throughput while a lone query
+waits for nothing.
+
+Per-query latency, measured on 2 cores (all-MiniLM-L6-v2, one thread, ~10 words): the
+sentence-transformers ``encode`` call 12.2 ms; the model's own forward pass, which this module
+calls, 11.0 ms; with bfloat16 weights 7.0 ms (cosine 0.9987 to float32). A one-text pass reads
+all 42 MB of float32 weights for a few hundred MFLOP, so it is bound by memory traffic, and
+halving the bytes is what pays. Two threads: 8.7 / 5.3 ms, but they spin and stall the loop.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from memory.cpu import has_native_bfloat16
 from memory.errors import EncoderError
 from memory.locks import LockLevel, OrderedLock
 from memory.settings import EncoderSettings
@@ -100,6 +108,28 @@ class _Request:
         self.future = future
 
 
+# Short, long and batched inputs, so the first real queries find everything allocated.
+WARM_UP_TEXTS = [
+    "hello",
+    "what did I tell you about my sister's new job in the city last week?",
+    " ".join(["a long message to warm up the model for the longest inputs it will see"] * 4),
+]
+
+
+def torch_precision(setting: str) -> str:
+    """``auto`` means bfloat16 where the CPU runs it natively (faster), float32 elsewhere."""
+    if setting == "auto":
+        return "bfloat16" if has_native_bfloat16() else "float32"
+    return setting
+
+
+def effective_precision(settings: EncoderSettings) -> str:
+    """The number format the model's weights run in with these settings, on this CPU."""
+    if settings.backend == "onnx":
+        return "int8" if settings.onnx_quantized else "float32"
+    return torch_precision(settings.precision)
+
+
 def resolve_model_path(model: str) -> str:
     """The packaged MiniLM by its package name, else a folder or a model name as given."""
     if model == PACKAGED_MODEL:
@@ -137,11 +167,23 @@ class SentenceTransformerEncoder:
     def name(self) -> str:
         return f"{self._settings.model} ({self._settings.backend})"
 
+    @property
+    def precision(self) -> str:
+        return effective_precision(self._settings)
+
     async def load(self) -> None:
         self._model, self._dim = await self._worker.run(self._load_model)
         self._task = asyncio.create_task(self._batch_loop(), name="memory-bot encoder batcher")
 
     def _load_model(self) -> tuple[Any, int]:
+        model, dim = self._open_model()
+        self._model = model
+        for text in WARM_UP_TEXTS:  # first passes allocate and plan: pay that now
+            self._run_model([text])
+        self._run_model(WARM_UP_TEXTS * 4)
+        return model, dim
+
+    def _open_model(self) -> tuple[Any, int]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         path = resolve_model_path(self._settings.model)
@@ -158,6 +200,8 @@ class SentenceTransformerEncoder:
                 if self._settings.threads:
                     torch.set_num_threads(self._settings.threads)
                 model = SentenceTransformer(path, device="cpu", local_files_only=True)
+                if torch_precision(self._settings.precision) == "bfloat16":
+                    model = model.to(torch.bfloat16)
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise EncoderError(
                 f"could not load the embedding model {self._settings.model!r} from {path}: {exc}. "
@@ -170,14 +214,14 @@ class SentenceTransformerEncoder:
         return model, dim
 
     def _run_model(self, texts: list[str]) -> Vectors:
-        vectors = self._model.encode(
-            texts,
-            batch_size=len(texts),
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        """The model's modules on one padded batch: ``encode`` without its 1 ms of bookkeeping."""
+        import torch
+
+        model = self._model
+        preprocess = getattr(model, "preprocess", None) or model.tokenize  # 6.x / 5.x names
+        with torch.inference_mode():
+            embeddings = model.forward(preprocess(texts))["sentence_embedding"]
+            return normalise(embeddings.float().numpy())
 
     async def encode(self, texts: Sequence[str]) -> Vectors:
         if self._task is None:
@@ -250,6 +294,7 @@ class SentenceTransformerEncoder:
     def stats(self) -> dict[str, Any]:
         return {
             "encoder": self.name,
+            "encoder_precision": self.precision,
             "encoder_queue": self._queue.qsize(),
             "encoder_batches": self.batches,
             "encoder_mean_batch": round(self.texts / self.batches, 2) if self.batches else 0.0,
