@@ -15,7 +15,7 @@ JSON object on stdout (progress on stderr). Two data sets, each named beside its
 
 Internals are used read-only where a figure needs them, each marked: ``PerUserIndex`` (built
 here from the same vectors and ids), ``SqliteStore`` (opened read-only on the closed folder),
-``build_encoder``/``fts_query``.
+``build_encoder``/``query_terms``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from _common import log, met, run_benchmark, summarise, temp_data_dir
 from memory import EncoderError, HashingEncoder, MemorySystem, Settings, load_settings
 from memory.encoder import build_encoder  # internal: the encoder figures build it directly
 from memory.index import PerUserIndex  # internal: the search-part figures time it directly
+from memory.lexical import query_terms  # internal: the FTS5 terms retrieve searches
 from memory.recovery import DB_NAME  # internal: the database's file name in a data folder
-from memory.retrieval import fts_query  # internal: the FTS5 expression retrieve builds
 from memory.store import SqliteStore  # internal: the lexical query, timed on its own
 
 Vectors = npt.NDArray[np.float32]
@@ -305,8 +305,8 @@ async def store_figures(
     store = SqliteStore(folder / DB_NAME, readonly=True)
     await store.open(integrity_check=False)
     try:
-        matches = [(uid, fts_query(q)) for uid, q in qs]
-        lexical = await time_async([partial(store.lexical_search, u, m, candidates) for u, m in matches if m])
+        terms = [(uid, query_terms(uid, q)) for uid, q in qs]
+        lexical = await time_async([partial(store.lexical_search, u, t, candidates) for u, t in terms])
         rng = random.Random(7)
         batches = [rng.sample(ids, candidates) for _ in range(len(qs) // 2)]
         by_id = await time_async([partial(store.memories_by_id, b) for b in batches])

@@ -44,6 +44,11 @@ class Watermark:
         return json.dumps({"count": self.count, "max_id": self.max_id, "dim": self.dim, "model": self.model})
 
 
+# Shards up to this many vectors are scored whole by ``search_scored`` (a 1,000 x 384 product
+# takes about 20 microseconds).
+SCORE_ALL_LIMIT = 1_000
+
+
 def _new_shard(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -117,6 +122,30 @@ class PerUserIndex:
             return [], 0.0
         worst = self.search(user_id, -query, 1)
         return top, -worst[0][1]
+
+    def search_scored(
+        self, user_id: str, query: npt.NDArray[np.float32], k: int
+    ) -> tuple[list[tuple[int, float]], float, dict[int, float]]:
+        """The top k, the user's lowest inner product, and every inner product known.
+
+        A shard of up to ``SCORE_ALL_LIMIT`` vectors is scored whole with one matrix product
+        over FAISS's own storage (no copy): as fast as its search, and the retriever then needs
+        no second call for the candidates the other rankers bring. Larger shards are searched.
+        """
+        shard = self._shards.get(user_id)
+        if shard is None or k <= 0:
+            return [], 0.0, {}
+        n = int(shard.ntotal)
+        if n > SCORE_ALL_LIMIT:
+            top, floor = self.search_with_floor(user_id, query, k)
+            return top, floor, dict(top)
+        flat: Any = faiss.downcast_index(shard.index)  # an IndexFlatIP; its stub says Index
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        scores = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
+        ids = faiss.vector_to_array(shard.id_map).tolist()
+        best = np.argsort(-scores, kind="stable")[:k].tolist()
+        every = dict(zip(ids, scores.tolist(), strict=True))
+        return [(ids[i], every[ids[i]]) for i in best], float(scores.min()), every
 
     def scores_for(
         self, user_id: str, ids: Sequence[int], query: npt.NDArray[np.float32]

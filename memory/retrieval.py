@@ -10,7 +10,8 @@ fusion 0.57, min-max linear fusion 0.68, and this pipeline 0.77:
 - a memory inherits half of the better of its two session neighbours' fused scores: what was
   said just before or after a turn often holds the answer ("neighbour" in ``rankers``);
 - the lexical document of a memory carries the previous turn of its session and its date, and
-  the query drops stop words (``lexical_document``).
+  the query drops stop words (``lexical_document``, ``lexical.query_terms``); BM25 uses the
+  user's own IDF (memory/lexical.py).
 Reciprocal rank fusion loses here because it throws away how far ahead the best match is.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import re
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -27,38 +27,12 @@ from typing import Any
 
 from memory.encoder import Vectors
 from memory.index import PerUserIndex
+from memory.lexical import query_terms
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
 from memory.store import SqliteStore
 
 IndexRunner = Callable[..., Awaitable[Any]]
-
-_TOKEN = re.compile(r"[\w']+", re.UNICODE)
-
-# Words that carry no topic; BM25 would still reward them, and they cost MATCH time.
-STOP_WORDS = frozenset(
-    """
-    a about above after again against all am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further
-    had has have having he her here hers herself him himself his how i if in into is it its
-    itself just me more most my myself no nor not now of off on once only or other our ours
-    ourselves out over own same she should so some such than that the their theirs them
-    themselves then there these they this those through to too under until up very was we were
-    what when where which while who whom why will with would you your yours yourself yourselves
-    """.split()
-)
-
-
-def fts_query(text: str, *, drop_stop_words: bool = True) -> str | None:
-    """An FTS5 expression that ORs the query's words, each quoted so no input breaks the syntax."""
-    words = [w.lower().replace("'", "") for w in _TOKEN.findall(text)]
-    words = [w for w in words if w]
-    kept = [w for w in words if w not in STOP_WORDS] if drop_stop_words else words
-    unique = list(dict.fromkeys(kept or words))
-    if not unique:
-        return None
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in unique)
-
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
@@ -164,16 +138,15 @@ class Retriever:
         weights = FusionWeights.from_settings(cfg)
         candidates = max(k, cfg.candidates) * (4 if kinds else 1)
         # The lexical query needs no vector: it runs on SQLite's thread while the model works.
-        match = fts_query(query)
         lexical_search = asyncio.ensure_future(
-            self._store.lexical_search(user_id, match, candidates * 2, kinds, cfg.context_weight)
-            if match
-            else _nothing()
+            self._store.lexical_search(
+                user_id, query_terms(user_id, query), candidates * 2, kinds, cfg.context_weight
+            )
         )
         try:
             query_vector = await embed_query()
-            dense_top, floor = await self._run_index(
-                index.search_with_floor, user_id, query_vector, candidates
+            dense_top, floor, known = await self._run_index(
+                index.search_scored, user_id, query_vector, candidates
             )
             lexical = dict(await lexical_search)
         finally:
@@ -186,8 +159,9 @@ class Retriever:
         # hit just below that cut is still close in meaning (this alone is worth 0.15 Recall@10).
         linked = {n for pair in neighbours.values() for n in pair if n is not None}
         missing = (lexical.keys() | linked) - dense.keys()
-        if missing:
-            dense.update(await self._run_index(index.scores_for, user_id, sorted(missing), query_vector))
+        dense.update((mid, known[mid]) for mid in missing & known.keys())
+        if unknown := missing - known.keys():
+            dense.update(await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector))
         hits = {mid for mid, _ in dense_top}
         ranked = fuse(dense, floor, lexical, neighbours, weights, hits)
         return await self._materialise(ranked, user_id, k, kinds, weights)
@@ -213,10 +187,6 @@ class Retriever:
             results.append(ScoredMemory(memory, score, c.rankers, c.dense, c.lexical))
         results.sort(key=lambda r: (-r.score, -r.memory.id))
         return results[:k]
-
-
-async def _nothing() -> list[tuple[int, float]]:
-    return []
 
 
 def lexical_document(memory: Memory, previous: Memory | None) -> tuple[str, str]:

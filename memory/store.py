@@ -21,12 +21,18 @@ import orjson
 from memory.context import UserContext, freeze_json, parse_time
 from memory.errors import StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
+from memory.lexical import read_varint, user_bm25, user_terms
 from memory.records import HistoryEntry, Memory
 
 log = logging.getLogger(__name__)
 
 Migration = Callable[[sqlite3.Connection], None]
 CHECKPOINT_INTERVAL = 1.0
+# FTS5 looks a term up once per index segment: merging whenever 2 segments share a level, and
+# a bounded merge step after writes (at most a few ms of the writer), keeps searches at 1-3.
+FTS_USERMERGE = 2
+FTS_MERGE_STEP = "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', 64)"
+CACHE_KIB = 65_536
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -92,16 +98,33 @@ def _v2_fts(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts)
+def _v3_user_terms(db: sqlite3.Connection) -> None:
+    # Every word becomes a term of its user's own (memory/lexical.py): a search reads only the
+    # user's posting lists. The stored body and context are re-tokenised, so each memory keeps
+    # the previous turn it was indexed with even if that turn was forgotten since.
+    db.create_function("user_terms", 2, user_terms, deterministic=True)
+    _script(
+        db,
+        f"""
+        CREATE VIRTUAL TABLE memories_terms USING fts5(body, context, tokenize = 'porter ascii');
+        INSERT INTO memories_terms (rowid, body, context)
+            SELECT f.rowid, user_terms(m.user_id, f.body), user_terms(m.user_id, f.context)
+            FROM memories_fts f JOIN memories m ON m.id = f.rowid;
+        DROP TABLE memories_fts;
+        ALTER TABLE memories_terms RENAME TO memories_fts;
+        INSERT INTO memories_fts (memories_fts, rank) VALUES ('usermerge', {FTS_USERMERGE});
+        INSERT INTO memories_fts (memories_fts) VALUES ('optimize')
+        """,
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts, _v3_user_terms)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @functools.lru_cache(maxsize=65_536)
 def owner_token(user_id: str) -> str:
-    """One FTS5 token per user id that no other id shares.
-
-    Digits only after the prefix: the porter stemmer leaves them alone, so the token is exact.
-    """
+    """One FTS5 token per user id that no other id shares (the owner column of schema v2)."""
     return "u" + "".join(f"{byte:03d}" for byte in user_id.encode())
 
 
@@ -196,22 +219,29 @@ class SqliteStore:
         return applied
 
     async def _checkpoint_loop(self) -> None:
-        """Copy the WAL into the database in the background, so commits never wait for it."""
+        """After writes: a bounded FTS5 merge step, and the WAL copied into the database, in the
+        background so that commits never wait for either."""
         done = 0
         while self._writer is not None and self._read_conn is not None:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             writer, conn = self._writer, self._read_conn
             if writer is None or conn is None or writer.units == done:
                 continue
-            done = writer.units
             try:
+                await writer.submit([(FTS_MERGE_STEP, ())])
                 await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
-                log.warning("background checkpoint of %s failed (retried later): %s", self.path, exc)
+            except (sqlite3.Error, StorageError) as exc:
+                log.warning("background upkeep of %s failed (retried later): %s", self.path, exc)
+            done = writer.units  # counts the merge step's own unit
 
     async def _connect(self, target: str) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(target, uri=target.startswith("file:"))
-        await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # searches reread FTS5 pages
+        except BaseException:
+            await conn.close()  # else its thread outlives us and holds the process open
+            raise
         return conn
 
     async def _check_integrity(self, conn: aiosqlite.Connection) -> None:
@@ -374,28 +404,34 @@ class SqliteStore:
     async def lexical_search(
         self,
         user_id: str,
-        match: str,
+        terms: Sequence[str],
         limit: int,
         kinds: Iterable[str] | None = None,
         context_weight: float = 1.0,
     ) -> list[tuple[int, float]]:
-        """(memory id, BM25 score, higher is better) of the user's memories matching ``match``."""
-        sql = (
-            f"SELECT m.id, -{BM25} FROM memories_fts"
-            " JOIN memories m ON m.id = memories_fts.rowid"
-            " WHERE memories_fts MATCH ? AND m.user_id = ?"
-        )
-        params: list[Any] = [
-            context_weight,
-            f"owner : {owner_token(user_id)} AND {{body context}} : ({match})",
-            user_id,
-        ]
+        """(memory id, BM25 with the user's own IDF, higher is better), best first, of the
+        user's memories holding any of ``terms`` (from ``lexical.query_terms``).
+
+        One statement: the user's row count, FTS5's row count, then one single-term branch per
+        term, each joined to the user's ids (the join, not the term, decides ownership).
+        """
+        if not terms:
+            return []
+        params: list[Any] = [user_id]
+        for term in terms:
+            params += [context_weight, user_id, '"' + term.replace('"', '""') + '"']
+        rows = await self.fetch(_lexical_sql(len(terms), kinds is not None), params)
+        _, user_rows, averages, _ = rows[0]
+        per_term: list[list[tuple[int, float]]] = [[] for _ in terms]
+        kind_of: dict[int, str] = {}
+        for term, memory_id, score, kind in rows[1:]:
+            per_term[term].append((memory_id, -float(score)))
+            kind_of[memory_id] = kind
+        scores = user_bm25(per_term, read_varint(averages) if averages else 0, int(user_rows))
         if kinds is not None:
-            kinds = list(kinds)
-            sql += f" AND m.kind IN ({','.join('?' * len(kinds))})"
-            params += kinds
-        rows = await self.fetch(sql + f" ORDER BY {BM25} LIMIT ?", (*params, context_weight, limit))
-        return [(r[0], float(r[1])) for r in rows]
+            wanted = set(kinds)
+            scores = {mid: score for mid, score in scores.items() if kind_of[mid] in wanted}
+        return sorted(scores.items(), key=lambda item: (-item[1], -item[0]))[:limit]
 
     async def last_memory(self, user_id: str) -> Memory | None:
         rows = await self.fetch(
@@ -500,10 +536,28 @@ INSERT_MEMORY = (
     "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id, session_prev)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-INSERT_FTS = "INSERT INTO memories_fts (rowid, owner, body, context) VALUES (?, ?, ?, ?)"
-# BM25 column weights: the owner token scores nothing, the memory's own words 1, the words of
-# the previous turn of its session ``context_weight`` (retrieval.context_weight).
-BM25 = "bm25(memories_fts, 0.0, 1.0, ?)"
+INSERT_FTS = "INSERT INTO memories_fts (rowid, body, context) VALUES (?, ?, ?)"
+
+
+@functools.lru_cache(maxsize=128)
+def _lexical_sql(terms: int, with_kind: bool) -> str:
+    # BM25 column weights: the memory's own words 1, the words of the previous turn of its
+    # session ``context_weight`` (retrieval.context_weight). The join goes through the covering
+    # index memories_by_user (CROSS JOIN pins that order; the other order runs MATCH per row).
+    # FTS5 keeps its row count as the first varint of the record with id 1 of its data table.
+    head = (
+        "SELECT -1, count(*), (SELECT block FROM memories_fts_data WHERE id = 1), NULL"
+        " FROM memories INDEXED BY memories_by_user WHERE user_id = ?"
+    )
+    kind = "m.kind" if with_kind else "NULL"
+    branch = (
+        " UNION ALL SELECT {n}, memories_fts.rowid, bm25(memories_fts, 1.0, ?), "
+        + kind
+        + " FROM memories_fts"
+        " CROSS JOIN memories m INDEXED BY memories_by_user ON m.user_id = ? AND m.id = memories_fts.rowid"
+        " WHERE memories_fts MATCH ?"
+    )
+    return head + "".join(branch.format(n=n) for n in range(terms))
 
 
 def context_statements(
@@ -541,7 +595,7 @@ def memory_statements(memory: Memory, body: str, context: str, session_prev: int
                 session_prev,
             ),
         ),
-        (INSERT_FTS, (memory.id, owner_token(memory.user_id), body, context)),
+        (INSERT_FTS, (memory.id, user_terms(memory.user_id, body), user_terms(memory.user_id, context))),
     ]
 
 

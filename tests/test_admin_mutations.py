@@ -12,8 +12,8 @@ from pathlib import Path
 import faiss
 import pytest
 
+from memory.lexical import user_terms
 from memory.snapshot import read_snapshot
-from memory.store import owner_token
 from tests.admin_fixtures import (
     HASHING_CONFIG,
     REPO,
@@ -42,9 +42,8 @@ def test_forget_leaves_nothing_of_the_user(cli: Cli, folder: Path) -> None:
         assert query(db, f"SELECT count(*) FROM {table} WHERE user_id = 'alice'") == [(0,)], table
     marks = ",".join("?" * len(ids))
     assert query(db, f"SELECT count(*) FROM memories_fts WHERE rowid IN ({marks})", tuple(ids)) == [(0,)]
-    owner = f"owner : {owner_token('alice')}"
-    assert query(db, "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (owner,)) == [(0,)]
-    assert query(db, "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'Miso'") == [(0,)]
+    miso = user_terms("alice", "Miso")
+    assert query(db, "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (miso,)) == [(0,)]
     assert query(db, "SELECT count(*) FROM contexts WHERE user_id = 'bob'") == [(1,)]
     snapshot_users = {u["user_id"] for u in read_snapshot(folder / "contexts.json")}
     assert snapshot_users == {"bob"}

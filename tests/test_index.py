@@ -6,10 +6,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memory import MemorySystem
-from memory.index import watermark_path
+from memory.encoder import normalise
+from memory.index import SCORE_ALL_LIMIT, PerUserIndex, watermark_path
 from memory.recovery import INDEX_NAME
 
 QUERIES = ["garden tomatoes", "river boat trip", "guitar lesson", "purple coffee winter", "rocket"]
@@ -116,3 +118,27 @@ async def test_changing_the_model_re_embeds_every_memory(
         assert ms.report.embeddings_pending == 8
         results = await ms.retrieve_memory("alice", "garden tomatoes")
         assert results and (await ms.stats())["index_vectors"] == 8
+
+
+@pytest.mark.parametrize("count", [7, SCORE_ALL_LIMIT + 5])
+def test_search_scored_agrees_with_faiss_search_and_holds_only_the_users_scores(count: int) -> None:
+    rng = np.random.default_rng(count)
+    index = PerUserIndex(16, "test")
+    for user, first_id in (("alice", 1), ("bob", 100_000)):
+        vectors = normalise(rng.standard_normal((count, 16)).astype(np.float32))
+        index.add(user, list(range(first_id, first_id + count)), vectors)
+    index.remove([3])  # a removed vector must leave the scored storage too
+    query = normalise(rng.standard_normal((1, 16)).astype(np.float32))[0]
+    top, floor, known = index.search_scored("alice", query, 5)
+    expected_top, expected_floor = index.search_with_floor("alice", query, 5)
+    assert [mid for mid, _ in top] == [mid for mid, _ in expected_top]
+    assert np.allclose([s for _, s in top], [s for _, s in expected_top], atol=1e-5)
+    assert floor == pytest.approx(expected_floor, abs=1e-5)
+    assert all(index.owner(mid) == "alice" for mid in known) and 3 not in known
+    if count <= SCORE_ALL_LIMIT:  # scored whole: every one of alice's vectors, exactly
+        assert len(known) == count - 1
+        exact = index.scores_for("alice", sorted(known), query)
+        assert all(known[mid] == pytest.approx(exact[mid], abs=1e-5) for mid in known)
+    else:
+        assert known == dict(top)
+    assert index.search_scored("carol", query, 5) == ([], 0.0, {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from memory import MemorySystem, StorageError
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
 from memory.snapshot import read_snapshot
+from memory.store import SqliteStore
 
 
 async def _populate(make_system: Callable[..., MemorySystem], data_dir: Path) -> None:
@@ -117,3 +119,17 @@ async def test_database_from_a_newer_program_is_refused(
         conn.execute("INSERT INTO schema_version VALUES (99, 'future')")
     with pytest.raises(StorageError, match="schema version 99"):
         await make_system(data_dir).start()
+
+
+async def test_a_database_that_fails_to_open_leaves_no_connection_thread(tmp_path: Path) -> None:
+    # A connection thread left running keeps the whole process from exiting.
+    path = tmp_path / "memory.db"
+    path.write_bytes(b"this is not a database" * 100)
+    before = {t.ident for t in threading.enumerate()}
+    store = SqliteStore(path)
+    with pytest.raises(StorageError, match="damaged"):
+        await store.open()
+    left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    for thread in left:
+        thread.join(timeout=5)
+    assert [t.name for t in left if t.is_alive()] == []

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memory import HashingEncoder, MemoryNotFoundError, MemorySystem
+from memory.lexical import query_terms, user_key, user_terms
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
-from memory.retrieval import fts_query
 from memory.snapshot import read_snapshot
 from tests.conftest import test_settings
 
@@ -44,10 +44,12 @@ async def test_no_query_can_break_the_lexical_syntax(ms: MemorySystem, query: st
     assert [r.memory.user_id for r in results] == ["alice"]
 
 
-def test_fts_query_quotes_every_word_and_drops_stop_words() -> None:
-    assert fts_query('What is "my" dog\'s name?') == '"dogs" OR "name"'
-    assert fts_query("the of") == '"the" OR "of"'  # nothing but stop words: keep them
-    assert fts_query("?!") is None
+def test_query_terms_are_the_users_own_and_drop_stop_words() -> None:
+    key = user_key("alice")
+    assert query_terms("alice", 'What is "my" dog\'s name?') == [key + "xdogs", key + "xname"]
+    assert query_terms("alice", "the of") == [key + "xthe", key + "xof"]  # only stop words: kept
+    assert query_terms("alice", "?!") == []
+    assert query_terms("bob", "dogs") != query_terms("alice", "dogs")
 
 
 async def test_written_memories_are_found_at_once_by_both_rankers(ms: MemorySystem) -> None:
@@ -117,7 +119,7 @@ async def test_forget_user_leaves_nothing(tmp_path: Path, make_system: Callable[
         for table in ("contexts", "context_history", "memories"):
             assert db.execute(f"SELECT count(*) FROM {table} WHERE user_id = 'alice'").fetchone() == (0,)
         assert db.execute(
-            "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'alice'"
+            "SELECT count(*) FROM memories_fts WHERE memories_fts MATCH ?", (user_terms("alice", "alice"),)
         ).fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM memories_fts").fetchone() == (5,)
     assert [u["user_id"] for u in read_snapshot(data_dir / SNAPSHOT_NAME)] == ["bob"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from memory import StorageError
+from memory.lexical import user_terms
 from memory.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate, owner_token
 
 
@@ -26,10 +27,11 @@ def test_migrations_bring_an_old_database_forward(tmp_path: Path) -> None:
         assert migrate(db, path) == list(range(2, SCHEMA_VERSION + 1))
         assert migrate(db, path) == []
         hits = db.execute(
-            "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?",
-            (f"owner : {owner_token('alice')} AND body : kept",),
+            "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?", (user_terms("alice", "kept"),)
         ).fetchall()
-        assert hits == [(7,)]
+        assert hits == [(7,)]  # carried through v2 (shared words) into v3 (the user's own terms)
+        shared_word = db.execute("SELECT count(*) FROM memories_fts WHERE memories_fts MATCH 'kept'")
+        assert shared_word.fetchone() == (0,)
 
 
 def test_owner_tokens_are_distinct_for_ids_a_tokenizer_would_merge() -> None:
