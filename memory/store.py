@@ -229,7 +229,7 @@ class SqliteStore:
                 continue
             try:
                 await writer.submit([(FTS_MERGE_STEP, ())])
-                await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             except (sqlite3.Error, StorageError) as exc:
                 log.warning("background upkeep of %s failed (retried later): %s", self.path, exc)
             done = writer.units  # counts the merge step's own unit
@@ -295,8 +295,9 @@ class SqliteStore:
         if conn is None:
             raise SystemClosedError(f"the database {self.path} is not open")
         try:
-            async with conn.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            # One hop to SQLite's thread, and no statement left open between hops (an open one
+            # made the background checkpoint on this connection fail with "table is locked").
+            return list(await conn.execute_fetchall(sql, params))
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"could not read {self.path}: {exc}", self.path) from exc
 

