@@ -5,9 +5,9 @@ Why (measured by a study at 100k memories, 1,000 users; figures in the issue 3 n
 shared words, scoring a 4-word query walked each word's posting list across all users: 2-3 ms
 p50, 6-8 ms p99, 18 / 72 ms at 1M rows. With per-user terms it is 0.3 / 0.7 ms and barely
 grows with the table. BM25 is computed per term and re-weighted with the user's own IDF
-(``user_bm25``), so the ranking is exact per-user BM25 at any table size; FTS5's own IDF
-would count the whole table's rows and flatten every term's weight as the table grows
-(lexical Recall@10 0.681 at 100k rows, 0.67 at 1M, against 0.708 per user).
+(``user_bm25``), so the ranking is per-user BM25 at any table size; FTS5's own IDF would
+count the whole table's rows and flatten every term's weight as the table grows (lexical
+Recall@10 0.681 at 100k rows, 0.67 at 1M, against 0.708 per user).
 
 Python does all splitting and folding, and FTS5 (``porter ascii``) sees only ``[0-9a-z]``
 tokens and stems them, so a document and a query always tokenise the same way, whatever the
@@ -106,16 +106,25 @@ def query_terms(user_id: str, text: str) -> list[str]:
 
 
 # FTS5's BM25 gives a term the IDF log((N - n + 0.5) / (n + 0.5)), at least 1e-6, where N counts
-# every row of the table; per user, N is the user's memory count.
+# every row of the table.
 def idf(rows: int, hits: int) -> float:
     value = math.log((rows - hits + 0.5) / (hits + 0.5)) if rows > 0 else 0.0
     return value if value > 0 else 1e-6
 
 
+def user_idf(rows: int, hits: int) -> float:
+    """Lucene's BM25 IDF over the user's rows: always positive.
+
+    FTS5's form is 0 for a word in half a user's memories or more, and a new user has few: with
+    2 memories no word would count at all, and near-identical memories could not be told apart.
+    """
+    return math.log(1.0 + (rows - hits + 0.5) / (hits + 0.5))
+
+
 def user_bm25(
     per_term: Iterable[list[tuple[int, float]]], table_rows: int, user_rows: int
 ) -> dict[int, float]:
-    """Sum each term's FTS5 BM25 after swapping the table's IDF for the user's.
+    """Sum each term's FTS5 BM25 after swapping the table's IDF for the user's (``user_idf``).
 
     ``per_term`` holds, for each term, every (memory id, BM25 >= 0) of the user's rows holding
     it, as FTS5 scored a single-term query (so its IDF used n = that list's length).
@@ -124,7 +133,7 @@ def user_bm25(
     for hits in per_term:
         if not hits:
             continue
-        weight = idf(user_rows, len(hits)) / idf(table_rows, len(hits))
+        weight = user_idf(user_rows, len(hits)) / idf(table_rows, len(hits))
         for memory_id, score in hits:
             scores[memory_id] = scores.get(memory_id, 0.0) + score * weight
     return scores

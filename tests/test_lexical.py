@@ -59,20 +59,24 @@ async def _fill(make_system: Callable[..., MemorySystem], folder: Path, users: d
 async def test_scores_are_the_users_own_bm25_whatever_else_the_table_holds(
     tmp_path: Path, make_system: Callable[..., MemorySystem]
 ) -> None:
-    # Alone, the user's BM25 is FTS5's own. Beside 9 users holding the same words (so the same
-    # average length), FTS5's IDF would change; the user's scores must not.
+    # Beside 9 users holding the same words (so the same average length), FTS5's IDF changes;
+    # the user's scores must not. Alone, each is FTS5's BM25 of a term reweighted by user_idf.
     alone, crowded = tmp_path / "alone", tmp_path / "crowded"
     await _fill(make_system, alone, {"alice": DOCS})
     await _fill(make_system, crowded, {f"u{i}": DOCS for i in range(9)} | {"alice": DOCS})
-    query = "sister cello eggs"  # each in 2 of 6 rows (body or context): IDF well above 0
+    query = "sister cello eggs"  # each in 2 of 6 rows (body or context)
     mine = await _search(alone, "alice", query)
+    expected: dict[int, float] = {}
     with sqlite3.connect(alone / DB_NAME) as db:
-        match = " OR ".join(f'"{t}"' for t in lexical_module.query_terms("alice", query))
-        fts5 = db.execute(
-            "SELECT rowid, -bm25(memories_fts, 1.0, 1.0) FROM memories_fts WHERE memories_fts MATCH ?",
-            (match,),
-        ).fetchall()
-    assert dict(mine) == pytest.approx(dict(fts5), rel=1e-9)
+        for term in lexical_module.query_terms("alice", query):
+            rows = db.execute(
+                "SELECT rowid, -bm25(memories_fts, 1.0, 1.0) FROM memories_fts WHERE memories_fts MATCH ?",
+                (f'"{term}"',),
+            ).fetchall()
+            weight = lexical_module.user_idf(6, len(rows)) / lexical_module.idf(6, len(rows))
+            for mid, score in rows:
+                expected[mid] = expected.get(mid, 0.0) + score * weight
+    assert dict(mine) == pytest.approx(expected, rel=1e-9)
     in_crowd = await _search(crowded, "alice", query)
     with sqlite3.connect(crowded / DB_NAME) as db:
         texts = dict(db.execute("SELECT id, text FROM memories WHERE user_id = 'alice'").fetchall())
@@ -84,12 +88,22 @@ async def test_scores_are_the_users_own_bm25_whatever_else_the_table_holds(
     assert len(mine) == 5 and mine[0][1] > mine[-1][1] > 0  # 3 rows by body, 2 by context
 
 
+async def test_a_new_user_with_two_memories_gets_a_lexical_signal(
+    tmp_path: Path, make_system: Callable[..., MemorySystem]
+) -> None:
+    # FTS5's IDF is 0 for a word in half the rows: with 2 memories nothing would score.
+    await _fill(make_system, tmp_path, {"alice": ["round 2 item 1", "round 6 item 1"]})
+    found = await _search(tmp_path, "alice", "round 2 item 1")
+    assert len(found) == 2 and min(score for _, score in found) > 0.1  # FTS5's form: 1e-6 each
+
+
 def test_user_bm25_reweights_each_term_by_the_users_idf() -> None:
     rare, common = [(1, 2.0)], [(1, 1.0), (2, 1.0), (3, 1.0)]
     scores = user_bm25([rare, common], table_rows=1000, user_rows=10)
-    idf = lexical_module.idf
-    assert scores[1] == pytest.approx(2.0 * idf(10, 1) / idf(1000, 1) + 1.0 * idf(10, 3) / idf(1000, 3))
-    assert scores[2] == scores[3] == pytest.approx(idf(10, 3) / idf(1000, 3))
+    idf, mine = lexical_module.idf, lexical_module.user_idf
+    assert scores[1] == pytest.approx(2.0 * mine(10, 1) / idf(1000, 1) + 1.0 * mine(10, 3) / idf(1000, 3))
+    assert scores[2] == scores[3] == pytest.approx(mine(10, 3) / idf(1000, 3))
+    assert mine(2, 2) > 0 and mine(2, 1) > mine(2, 2)  # positive even for a word in every row
     assert user_bm25([[]], 5, 5) == {}
 
 
