@@ -172,16 +172,15 @@ class SentenceTransformerEncoder:
         return effective_precision(self._settings)
 
     async def load(self) -> None:
-        self._model, self._dim = await self._worker.run(self._load_model)
+        self._dim = await self._worker.run(self._load_model)
         self._task = asyncio.create_task(self._batch_loop(), name="memory-bot encoder batcher")
 
-    def _load_model(self) -> tuple[Any, int]:
-        model, dim = self._open_model()
-        self._model = model
+    def _load_model(self) -> int:
+        self._model, dim = self._open_model()
         for text in WARM_UP_TEXTS:  # first passes allocate and plan: pay that now
             self._run_model([text])
         self._run_model(WARM_UP_TEXTS * 4)
-        return model, dim
+        return dim
 
     def _open_model(self) -> tuple[Any, int]:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
