@@ -33,12 +33,12 @@ from memory.errors import (
 )
 from memory.index import PerUserIndex, watermark_path
 from memory.ownership import LOCK_NAME, holder_pid
-from memory.records import HistoryEntry, Memory, ScoredMemory
+from memory.records import ErasureRecord, HistoryEntry, Memory, ScoredMemory
 from memory.recovery import DB_NAME, INDEX_NAME, SNAPSHOT_NAME
 from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.snapshot import read_snapshot
-from memory.store import SCHEMA_VERSION, SqliteStore
+from memory.store import ERASURE_SCHEMA, SCHEMA_VERSION, SqliteStore
 from memory.system import EXPORT_FORMAT, MEMORY_KINDS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -241,6 +241,13 @@ class Inspector:
             uid = await self.require_user(user_id)
             with self._stored_data():
                 return await self.store.history(uid)
+
+    async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
+        """The erasure log (of one user, or all), oldest first; it has no content to hide."""
+        uid = None if user_id is None else validation.user_id(user_id)
+        if await self.store.schema_version() < ERASURE_SCHEMA:
+            return []  # a database from before the log: nothing was recorded
+        return await self.store.erasures(uid)
 
     async def require_version(self, user_id: str | int, version: int) -> UserView:
         """The user, if its history holds ``version``; else User- or VersionNotFoundError."""
