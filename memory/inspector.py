@@ -483,6 +483,7 @@ class Inspector:
             count, max_id = await self.store.embedding_watermark()
             owners = dict(await self.store.embedded_ids())
             model = await self.stored_model()
+            database_id = await self.store.get_meta("database_id")
         mark_path = watermark_path(path)
         if not path.exists() and not mark_path.exists():
             if count == 0:
@@ -495,7 +496,7 @@ class Inspector:
         # The owner replaces the index file, then its watermark: a read between the two sees a
         # mismatched pair, so while the folder is owned one more read settles it.
         for _ in range(2 if owner else 1):
-            read = _read_index(path, owners, model)
+            read = _read_index(path, owners, model, database_id)
             if isinstance(read, tuple):
                 break
         if not isinstance(read, tuple):
@@ -516,17 +517,22 @@ class Inspector:
         return Check("index", FAIL, f"{detail}; run rebuild-index (or it is caught up at the next start)")
 
 
-def _read_index(path: Path, owners: dict[int, str], model: str | None) -> tuple[int, int] | str:
-    """The watermark's (count, highest id) of an index that loads, or what is wrong with it."""
+def _read_index(
+    path: Path, owners: dict[int, str], model: str | None, database_id: str | None
+) -> tuple[int, int] | str:
+    """The watermark's (count, highest id) of an index that loads and belongs to this database
+    (the same checks as a start), or what is wrong with it."""
     mark_path = watermark_path(path)
     try:
         mark = json.loads(mark_path.read_text())
         mark_count, mark_max = int(mark["count"]), int(mark["max_id"])
-        PerUserIndex.load(path, owners, model or str(mark["model"]))
+        index = PerUserIndex.load(path, owners, model or str(mark["model"]), database_id)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{mark_path} is unreadable: {exc}"
     except IndexCorruptError as exc:
         return str(exc)
+    if index.dropped:
+        return f"index {path} still holds {index.dropped} vectors of forgotten memories"
     return mark_count, mark_max
 
 
