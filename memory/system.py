@@ -56,6 +56,9 @@ from memory.store import (
 )
 
 log = logging.getLogger(__name__)
+# Erasures are logged here at INFO, a level the bot shows by default: an operator can prove
+# a deletion request was honoured (the line names the user, the request and the counts only).
+audit = logging.getLogger("memory.audit")
 T = TypeVar("T")
 PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 MAX_FRESH_CONTEXTS = 10_000
@@ -571,7 +574,7 @@ class MemorySystem:
             self._last_memory.pop(uid, None)
             self._saver.mark_dirty()
             cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
-            log.info(
+            audit.info(
                 "erasure: forgot user %s (%d memories, %d versions) at the request of %s",
                 uid, len(ids), versions, actor,
             )
@@ -607,7 +610,7 @@ class MemorySystem:
             self._install(new, encoded)
         self._last_memory.pop(uid, None)
         cancelled = await wait_for_commit(self._semantic.forget([m.id for m in memories])) or cancelled
-        log.info(
+        audit.info(
             "erasure: %s of user %s (%d memories, %d stored states redacted) at the request of %s",
             request, uid, len(memories), redacted, actor,
         )
