@@ -154,7 +154,8 @@ def test_the_bot_and_the_admin_cli_report_an_uncreatable_folder_in_one_line(
         assert result.returncode == 1, result.stderr
         [line] = result.stderr.splitlines()
         if program == "bot":
-            assert line.startswith(f"memory-bot: cannot create the data folder {data_dir}: {blocker} is a file")
+            expected = f"memory-bot: cannot create the data folder {data_dir}: {blocker} is a file"
+            assert line.startswith(expected)
         else:  # the admin CLI never creates a folder: it looks for the database first
             assert line == (
                 f"memory-admin: error: no database at {data_dir / DB_NAME}; "
