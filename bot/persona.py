@@ -111,7 +111,7 @@ RULES: tuple[Rule, ...] = (
         "name",
         NAME_KEY,
         re.compile(
-            r"(?<!n't )(?<!not )(?<!never )\b(?:call me|my name is|my name's)\s+"
+            r"(?<!n't )(?<!n’t )(?<!not )(?<!never )\b(?:call me|my name is|my name's)\s+"
             rf"(?P<value>{_WORD}(?:\s+{_WORD})?)",
             re.IGNORECASE,
         ),
@@ -138,7 +138,7 @@ RULES: tuple[Rule, ...] = (
         DISLIKES_KEY,
         re.compile(
             r"\bi\s+(?:really\s+|also\s+|just\s+)?"
-            r"(?:hate|dislike|detest|can't stand|cannot stand|don't like|do not like)\s+(?P<value>.+)",
+            r"(?:hate|dislike|detest|can[’']t stand|cannot stand|don[’']t like|do not like)\s+(?P<value>.+)",
             re.IGNORECASE,
         ),
         Value.ITEMS,
