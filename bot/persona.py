@@ -71,7 +71,7 @@ _NAME_WORD = r"[A-Z][\w'’-]{0,30}"  # capitalised, as typed
 _ITEM_SEPARATOR = re.compile(r"\s+(?:and|&)\s+|\s*&\s*", re.IGNORECASE)
 
 
-class Value(enum.Enum):
+class ValueKind(enum.Enum):
     """How a rule's ``value`` group becomes preference values."""
 
     NAME = "a name: its words capitalised, at most two"
@@ -90,7 +90,7 @@ class Rule:
     name: str
     key: str
     pattern: re.Pattern[str]
-    kind: Value
+    kind: ValueKind
 
     def find(self, clause: str) -> list[tuple[tuple[int, int], list[Preference]]]:
         """(span, preferences) for every statement of this rule in ``clause``."""
@@ -115,14 +115,14 @@ RULES: tuple[Rule, ...] = (
             rf"(?P<value>{_WORD}(?:\s+{_WORD})?)",
             re.IGNORECASE,
         ),
-        Value.NAME,
+        ValueKind.NAME,
     ),
     Rule(
         # Only a capitalised name closing the clause: "I'm Sam", not "I'm tired" or "I'm going".
         "introduction",
         NAME_KEY,
         re.compile(rf"(?i:\bi(?:'m|’m|\s+am))\s+(?P<value>{_NAME_WORD}(?:\s+{_NAME_WORD})?)\s*$"),
-        Value.NAME,
+        ValueKind.NAME,
     ),
     Rule(
         "favourite",
@@ -131,7 +131,7 @@ RULES: tuple[Rule, ...] = (
             r"\bmy\s+(?:favou?rite|fav)\s+(?P<subject>[a-z][a-z ]{0,40}?)\s+(?:is|are|=)\s+(?P<value>.+)",
             re.IGNORECASE,
         ),
-        Value.TEXT,
+        ValueKind.TEXT,
     ),
     Rule(
         "dislike",
@@ -141,7 +141,7 @@ RULES: tuple[Rule, ...] = (
             r"(?:hate|dislike|detest|can[’']t stand|cannot stand|don[’']t like|do not like)\s+(?P<value>.+)",
             re.IGNORECASE,
         ),
-        Value.ITEMS,
+        ValueKind.ITEMS,
     ),
     Rule(
         "like",
@@ -150,7 +150,7 @@ RULES: tuple[Rule, ...] = (
             r"\bi\s+(?:really\s+|also\s+|just\s+)?(?:love|like|enjoy|adore)\s+(?P<value>.+)",
             re.IGNORECASE,
         ),
-        Value.ITEMS,
+        ValueKind.ITEMS,
     ),
 )
 
@@ -177,8 +177,8 @@ def _first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def _read_value(raw: str, kind: Value) -> list[str]:
-    if kind is Value.NAME:
+def _read_value(raw: str, kind: ValueKind) -> list[str]:
+    if kind is ValueKind.NAME:
         words = [_clean(word) for word in raw.split()]
         if not words or not words[0] or words[0].lower() in _NOT_NAMES:
             return []
@@ -186,7 +186,7 @@ def _read_value(raw: str, kind: Value) -> list[str]:
         kept = words[:1] + [w for w in words[1:2] if w[:1].isupper() and w.lower() not in _NOT_NAMES]
         name = " ".join(kept)
         return [name[:1].upper() + name[1:]]
-    if kind is Value.TEXT:
+    if kind is ValueKind.TEXT:
         value = _clean(raw)
         return [value] if value else []
     items = [_clean(item) for item in _ITEM_SEPARATOR.split(raw)]
