@@ -414,7 +414,9 @@ class SqliteStore:
         user's memories holding any of ``terms`` (from ``lexical.query_terms``).
 
         One statement: the user's row count, FTS5's row count, then one single-term branch per
-        term, each joined to the user's ids (the join, not the term, decides ownership).
+        term, each joined to the user's ids (the join, not the term, decides ownership). A query
+        of more than ``MAX_QUERY_TERMS`` terms is first cut to its most informative ones
+        (``lexical.informative_terms``), which costs one more statement.
         """
         if len(terms) > MAX_QUERY_TERMS:  # else the statement would pass SQLite's compound limit
             terms = informative_terms(terms, await self._term_hits(user_id, terms))
