@@ -19,6 +19,7 @@ from memory.lexical import MAX_QUERY_TERMS, informative_terms, query_terms, word
 from memory.recovery import DB_NAME
 from memory.store import SqliteStore
 from tests.conftest import ROOT, subprocess_env
+from tests.test_console import chat
 
 
 def longest_message_of_unique_words(length: int) -> str:
@@ -181,3 +182,10 @@ async def test_a_bad_export_path_is_one_line_and_the_console_goes_on(
     assert await chat.handle(f"/export {good}")  # the console still answers, and the export works
     assert "Your data is in" in out.getvalue().splitlines()[-1]
     assert b'"user_id": "7"' in good.read_bytes()
+
+
+def test_the_console_process_survives_a_bad_export(tmp_path: Path) -> None:
+    out = chat(tmp_path / "data", "I love jazz", f"/export {tmp_path}", "/profile")  # exits 0
+    assert f"bot> I couldn't write your data to {tmp_path}: that is a folder" in out
+    assert "Conversations: 1" in out  # the next command was still answered
+    assert "Traceback" not in out
