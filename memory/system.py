@@ -26,6 +26,7 @@ from memory.erasure import ErasureTarget, redacted_states, without_exchanges
 from memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
+    StorageError,
     SystemClosedError,
     UserNotFoundError,
     VersionNotFoundError,
@@ -88,6 +89,20 @@ async def wait_for_commit(commit: Awaitable[T]) -> bool:
         return cancelled
 
 
+def _data_dir_error(data_dir: Path, exc: OSError) -> StorageError:
+    """Why the data folder cannot be made, naming the path in the way and what to do."""
+    blocker = next((p for p in (data_dir, *data_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        problem = f"{blocker} is a file, not a folder; move it aside"
+    else:
+        problem = f"{exc.strerror or exc}; fix the permissions or create the folder"
+    return StorageError(
+        f"cannot create the data folder {data_dir}: {problem}, "
+        "or choose another one (--data-dir or storage.data_dir)",
+        data_dir,
+    )
+
+
 class MemorySystem:
     """Durable per-user memory. ``async with MemorySystem(data_dir=...) as ms:`` starts and closes it."""
 
@@ -132,7 +147,10 @@ class MemorySystem:
             self.settings = load_settings(self._config_file)
         data_dir = Path(self._given_data_dir or self.settings.storage.data_dir)
         self.data_dir = data_dir
-        await aiofiles.os.makedirs(data_dir, exist_ok=True)
+        try:
+            await aiofiles.os.makedirs(data_dir, exist_ok=True)
+        except OSError as exc:
+            raise _data_dir_error(data_dir, exc) from exc
         if self._take_ownership:
             self._ownership = FolderOwnership(data_dir)
             self._ownership.acquire()
@@ -256,8 +274,8 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         limits = self.settings.limits
-        message = validation.text("message", message, limits.max_text_length)
-        response = validation.text("response", response, limits.max_text_length)
+        message = validation.text("message", message, limits.max_text_length, allow_empty=False)
+        response = validation.text("response", response, limits.max_text_length, allow_empty=False)
         if display_name is not None:
             display_name = validation.text("display_name", display_name, 100)
         if preferences is not None and not (callable(preferences) or isinstance(preferences, Mapping)):
