@@ -80,11 +80,11 @@ async def wait_for_commit(commit: Awaitable[T]) -> bool:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not task.done():
-                cancelled = True
-                continue
-            if task.cancelled():
+            if task.done() and task.cancelled():
                 raise
+            cancelled = True  # even if the task ended in the same step: the caller asked to stop
+            if not task.done():
+                continue
             task.result()  # raises the commit's own error, if it failed
         return cancelled
 
