@@ -7,6 +7,7 @@ from memory.context import Exchange, UserContext
 from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
     ConfigError,
+    DataDamagedError,
     DataDirLockedError,
     EncoderError,
     IndexCorruptError,
@@ -27,6 +28,7 @@ from memory.system import MemorySystem
 
 __all__ = [
     "ConfigError",
+    "DataDamagedError",
     "DataDirLockedError",
     "Encoder",
     "EncoderError",
