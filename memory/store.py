@@ -312,11 +312,9 @@ class SqliteStore:
         """A ``mode=ro`` connection; in a folder this process cannot write, where SQLite cannot
         create the -shm file that WAL reads need, ``immutable=1`` when the WAL holds nothing."""
         uri = self.path.absolute().as_uri()
-        conn = await self._connect(f"{uri}?mode=ro")
         try:
-            await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")
+            conn = await self._connect(f"{uri}?mode=ro")
         except sqlite3.OperationalError as exc:
-            await conn.close()
             if (
                 primary_code(exc) not in _NO_ACCESS
                 or access_problem(self.path) is None
@@ -380,6 +378,7 @@ class SqliteStore:
         try:
             await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # searches reread FTS5 pages
+            await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")  # opens the file now
         except BaseException:
             await conn.close()  # else its thread outlives us and holds the process open
             raise
