@@ -38,9 +38,9 @@ def read_only_folder(folder: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(folder)], check=True)
 
 
-def flip_bit_in_table(db: Path, table: str, marker: bytes) -> int:
-    """Flip the low bit of the first byte of ``marker`` where it first appears on one of
-    ``table``'s pages in the closed database ``db`` (bit rot); returns the file offset."""
+def flip_bit_in_table(db: Path, table: str, marker: bytes, bit: int = 0x01) -> int:
+    """Flip ``bit`` of the first byte of ``marker`` where it first appears on one of ``table``'s
+    pages in the closed database ``db`` (bit rot); returns the file offset."""
     with closing(sqlite3.connect(db)) as conn:
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         pages = [
@@ -53,7 +53,7 @@ def flip_bit_in_table(db: Path, table: str, marker: bytes) -> int:
         start = (page - 1) * page_size
         at = raw.find(marker, start, start + page_size)
         if at >= 0:
-            raw[at] ^= 0x01
+            raw[at] ^= bit
             db.write_bytes(bytes(raw))
             return at
     raise AssertionError(f"{marker!r} is on no page of {table} in {db}")

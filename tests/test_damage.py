@@ -52,7 +52,11 @@ def test_corruption_codes_are_called_damage(tmp_path: Path) -> None:
     malformed.write_bytes(bytes(raw))
     for path, name in ((not_a_db, "SQLITE_NOTADB"), (malformed, "SQLITE_CORRUPT")):
         with closing(sqlite3.connect(path)) as conn:
-            exc = _raised(lambda conn=conn: conn.execute("SELECT count(*), max(length(x)) FROM t").fetchall())
+
+            def read_all(conn: sqlite3.Connection = conn) -> object:
+                return conn.execute("SELECT count(*), max(length(x)) FROM t").fetchall()
+
+            exc = _raised(read_all)
         assert exc.sqlite_errorname == name
         error = database_error(path, exc)
         assert isinstance(error, DataDamagedError)
