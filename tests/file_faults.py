@@ -57,3 +57,24 @@ def flip_bit_in_table(db: Path, table: str, marker: bytes, bit: int = 0x01) -> i
             db.write_bytes(bytes(raw))
             return at
     raise AssertionError(f"{marker!r} is on no page of {table} in {db}")
+
+
+def run_on_read_only_mount(source: Path, mount_point: Path, argv: list[str], env: dict[str, str]) -> str:
+    """Run ``argv`` in a private mount namespace in which ``mount_point`` is ``source`` mounted
+    read-only (a bind mount); returns its stdout and stderr. Nothing outside the child sees it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    mount_point.mkdir(exist_ok=True)
+    script = 'mount --bind "$1" "$2" && mount -o remount,bind,ro "$2" && shift 2 && exec "$@"'
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    done = subprocess.run(
+        [*unshare, str(source), str(mount_point), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if "mount:" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+    return f"exit {done.returncode}\n{done.stdout}{done.stderr}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sqlite3
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -15,8 +16,8 @@ from memory import DataDamagedError, MemorySystem, StorageError
 from memory.inspector import Inspector
 from memory.recovery import DB_NAME
 from memory.store import database_error
-from tests.admin_fixtures import Cli, hashing_settings
-from tests.file_faults import read_only_folder
+from tests.admin_fixtures import Cli, hashing_settings, subprocess_env
+from tests.file_faults import read_only_folder, run_on_read_only_mount
 
 
 def _raised(action: Callable[[], object]) -> sqlite3.Error:
@@ -155,3 +156,32 @@ async def test_read_only_folder_with_changes_in_its_wal_is_not_read_as_immutable
         await Inspector(copy, hashing_settings()).open()
     _assert_not_called_damaged(info.value)
     assert f"the folder {copy} is not writable" in str(info.value)
+
+
+START = """
+import asyncio, sys
+from memory import HashingEncoder, MemorySystem, StorageError, load_settings
+
+async def main() -> None:
+    settings = load_settings(environ={}, overrides={"encoder": {"kind": "hashing"}})
+    async with MemorySystem(sys.argv[1], settings=settings, encoder=HashingEncoder()):
+        pass
+
+try:
+    asyncio.run(main())
+except StorageError as exc:
+    print(type(exc).__name__, exc)
+    sys.exit(3)
+"""
+
+
+def test_a_read_only_mount_is_read_by_admin_and_named_at_start(folder: Path, tmp_path: Path) -> None:
+    mount = tmp_path / "mounted"
+    env = subprocess_env()
+    listed = run_on_read_only_mount(
+        folder, mount, [sys.executable, "-m", "memory.admin", "--data-dir", str(mount), "users"], env
+    )
+    assert listed.startswith("exit 0\n") and "alice" in listed and "carol" in listed, listed
+    started = run_on_read_only_mount(folder, mount, [sys.executable, "-c", START, str(mount)], env)
+    assert started.startswith("exit 3\n"), started
+    assert "Read-only file system" in started and "damaged" not in started, started
