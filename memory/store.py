@@ -34,6 +34,7 @@ CHECKPOINT_INTERVAL = 1.0
 # 105 MiB database under a 12-task writer): past this size the checkpointer runs a TRUNCATE one
 # between two commits, and journal_size_limit trims the file whenever SQLite rewinds it.
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
+TRUNCATE_BUSY_MS = 100
 # FTS5 looks a term up once per index segment: merging whenever 2 segments share a level, and
 # a bounded merge step after writes (at most a few ms of the writer), keeps searches at 1-3.
 FTS_USERMERGE = 2
@@ -352,7 +353,12 @@ class SqliteStore:
         if conn is None:
             return
         async with writer.db_lock:
-            rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+            # Briefly: a long read elsewhere must not hold every commit up for busy_timeout.
+            await conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_MS}")
+            try:
+                rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+            finally:
+                await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         if rows and rows[0][0]:
             self.wal_truncations_busy += 1  # retried at the next round
         else:
