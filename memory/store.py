@@ -214,11 +214,18 @@ def database_error(path: Path, exc: sqlite3.Error, snapshot: Path | None = None)
         return damaged_database(path, exc, snapshot)
     nothing_lost = "nothing is damaged"
     if code in _NO_ACCESS:
-        why = access_problem(path) or "the file or its folder is read-only or not accessible"
+        why = access_problem(path)
+        fix = "Make the folder and its files writable by the bot's user"
+        if why is not None and not _wal_readable_as_is(path):
+            fix += (
+                f", or copy the folder somewhere writable to read it: {path.name}-wal holds changes "
+                f"that SQLite reads only through a {path.name}-shm file it must create"
+            )
+        else:
+            fix += " (memory-admin's read commands read a read-only folder as it is)"
         return StorageError(
-            f"database {path} cannot be opened or written ({exc}): {why}; {nothing_lost}. Make "
-            "the folder and its files writable by the bot's user (memory-admin's read commands "
-            "read a read-only folder as it is)",
+            f"database {path} cannot be opened or written ({exc}): "
+            f"{why or 'the file or its folder is read-only or not accessible'}; {nothing_lost}. {fix}",
             path,
         )
     if code in _LOCKED:

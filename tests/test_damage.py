@@ -156,6 +156,7 @@ async def test_read_only_folder_with_changes_in_its_wal_is_not_read_as_immutable
         await Inspector(copy, hashing_settings()).open()
     _assert_not_called_damaged(info.value)
     assert f"the folder {copy} is not writable" in str(info.value)
+    assert "copy the folder somewhere writable" in str(info.value)
 
 
 START = """
