@@ -13,7 +13,7 @@ import aiofiles.os
 
 from memory.atomic import remove_dead_temps
 from memory.context import UserContext, stored_context
-from memory.errors import DataDamagedError, InvalidInputError, SnapshotCorruptError, StorageError
+from memory.errors import DataDamagedError, SnapshotCorruptError, StorageError
 from memory.ownership import LOCK_NAME, holder_pid
 from memory.snapshot import read_snapshot
 from memory.store import SqliteStore, context_statements, damaged_database
@@ -86,7 +86,7 @@ async def _rebuild_contexts(store: SqliteStore, snapshot: Path, users: list[dict
     for raw in users:
         try:
             ctx = UserContext.from_dict(raw)
-        except (InvalidInputError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:  # InvalidInputError is a ValueError
             raise StorageError(f"snapshot {snapshot} holds an invalid context: {exc}", snapshot) from exc
         encoded = ctx.to_json().decode()
         statements += context_statements(ctx, encoded, now, "recovery", {"op": "restored_from_snapshot"})
@@ -166,7 +166,7 @@ async def _restore_damaged(
             ) from problem
         try:
             old = UserContext.from_dict(saved[uid])
-        except (InvalidInputError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:  # InvalidInputError is a ValueError
             raise DataDamagedError(
                 f"{problem}; the snapshot's entry for {uid!r} is invalid too ({exc}): restore "
                 f"{store.path} from a backup",
