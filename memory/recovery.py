@@ -181,7 +181,8 @@ async def _restore_damaged(
         note = (
             f"the context of user {uid!r} in {store.path} was damaged ({problem.__cause__}); "
             f"restored version {old.version} of it from {snapshot} as version {ctx.version}: "
-            f"changes after version {old.version} are lost, its history is kept"
+            f"changes after version {old.version} are lost unless its history holds them "
+            f"(`memory-admin rollback {uid} {after}` brings back the last stored version)"
         )
         report.notes.append(note)
         log.warning("%s", note)

@@ -49,10 +49,13 @@ async def test_damaged_context_is_restored_from_the_snapshot_and_says_so(
         assert [(h.version, h.actor) for h in history] == [(1, "api"), (2, "api"), (3, "recovery")]
         assert history[-1].change["op"] == "restored_from_snapshot"
         assert (await ms.get_user_context("bob")).version == 1
-        assert (await ms.update_context("alice", "again", "hi")).version == 4
+        assert "memory-admin rollback alice 2" in notes[0]  # the advice works:
+        rolled = await ms.rollback("alice", 2)
+        assert (rolled.version, dict(rolled.preferences)) == (4, {"food": "pizza"})
+        assert (await ms.update_context("alice", "again", "hi")).version == 5
     async with make_system(data_dir) as again:  # the repaired row is stored: a clean start
         assert again.report is not None and not any("damaged" in n for n in again.report.notes)
-        assert (await again.get_user_context("alice")).version == 4
+        assert (await again.get_user_context("alice")).version == 5
 
 
 async def test_damaged_context_without_a_snapshot_stops_start_naming_the_database(
