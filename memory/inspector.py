@@ -2,7 +2,9 @@
 
 SQLite is opened with ``mode=ro`` and no other file is written, so every method here is safe
 while a bot owns the folder and none can change its data. Reads that must agree with each other
-run in one read transaction (WAL gives it a consistent snapshot of the database).
+run in one read transaction (WAL gives it a consistent snapshot of the database). A folder this
+process cannot write (a read-only mount or copy) is read as an immutable file when its WAL is
+empty (``SqliteStore._open_readonly``), since no writer can be running there.
 """
 
 from __future__ import annotations
