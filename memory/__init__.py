@@ -8,6 +8,7 @@ from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
     ConfigError,
     ControlChannelError,
+    DataDamagedError,
     DataDirLockedError,
     EncoderError,
     IndexCorruptError,
@@ -30,6 +31,7 @@ from memory.system import MemorySystem
 __all__ = [
     "ConfigError",
     "ControlChannelError",
+    "DataDamagedError",
     "DataDirLockedError",
     "Encoder",
     "EncoderError",

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
-from memory.errors import InvalidInputError
+from memory.errors import DataDamagedError, InvalidInputError
 from memory.validation import is_utf8
 
 PreferenceValue = str | int | float | bool
@@ -279,3 +281,33 @@ def _plain(value: object) -> object:
 
 
 _FIELD_NAMES: Final = frozenset(f.name for f in dataclasses.fields(UserContext))
+
+
+# -- reading what was stored -----------------------------------------------------------------
+
+
+@contextmanager
+def stored_row(file: Path, row: str) -> Iterator[None]:
+    """Turn a stored row that does not parse or validate into DataDamagedError naming ``file``
+    and ``row``: bytes read back from disk that are wrong are damage, never a caller's bad input."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise DataDamagedError(
+            f"{file} is damaged: {row} does not parse ({exc}). The rest of the file may be sound: "
+            f"keep a copy of it, then restore it from a backup or try `sqlite3 {file} .recover`",
+            file,
+        ) from exc
+
+
+def parse_stored_json(raw: str | bytes, file: Path, row: str) -> Any:
+    """The one parse of JSON read back from a data file (bytes: invalid UTF-8 is damage too)."""
+    with stored_row(file, row):
+        return orjson.loads(raw)
+
+
+def stored_context(raw: str | bytes, file: Path, row: str) -> UserContext:
+    """A context read back from ``file``; DataDamagedError if it does not parse or validate."""
+    data = parse_stored_json(raw, file, row)
+    with stored_row(file, row):
+        return UserContext.from_dict(data)

@@ -12,6 +12,7 @@ Every message says what was wrong and what to do about it::
     ├── SystemClosedError      the MemorySystem is not started, or already closed
     ├── StorageError           a file could not be read or written (names the file)
     │   ├── DataDirLockedError another process owns the data folder (names its pid)
+    │   ├── DataDamagedError   a file is corrupt: SQLite says so, a check failed, a row does not parse
     │   └── SnapshotCorruptError the JSON snapshot is truncated or invalid
     ├── ControlChannelError    the owner of a data folder refused or did not answer a change
     ├── RemoteError            the owner refused a change sent on its control channel (why)
@@ -89,6 +90,11 @@ class DataDirLockedError(StorageError):
             path,
         )
         self.pid = pid
+
+
+class DataDamagedError(StorageError):
+    """A data file is corrupt (SQLITE_CORRUPT or NOTADB, a failed check, a stored row that does not
+    parse): the only case in which the advice is to restore or move the file aside."""
 
 
 class SnapshotCorruptError(StorageError):

@@ -2,14 +2,16 @@
 
 SQLite is opened with ``mode=ro`` and no other file is written, so every method here is safe
 while a bot owns the folder and none can change its data. Reads that must agree with each other
-run in one read transaction (WAL gives it a consistent snapshot of the database).
+run in one read transaction (WAL gives it a consistent snapshot of the database). A folder this
+process cannot write (a read-only mount or copy) is read as an immutable file when its WAL is
+empty (``SqliteStore._open_readonly``), since no writer can be running there.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 import orjson
 
 from memory import validation
-from memory.context import UserContext
+from memory.context import UserContext, stored_context
 from memory.encoder import Encoder, Vectors, build_encoder
 from memory.errors import (
     ConfigError,
@@ -178,14 +180,6 @@ class Inspector:
         finally:
             await self.store.fetch("ROLLBACK")
 
-    @contextmanager
-    def _stored_data(self) -> Iterator[None]:
-        """A row that does not parse is a damaged database, not bad input from the caller."""
-        try:
-            yield
-        except (ValueError, TypeError, KeyError) as exc:
-            raise StorageError(f"database {self.db_path} holds an invalid row: {exc}", self.db_path) from exc
-
     # -- users ---------------------------------------------------------------------------------
 
     async def users(self, sort: str = "id", limit: int | None = None) -> list[UserRow]:
@@ -194,8 +188,7 @@ class Inspector:
         async with self._read_snapshot():
             stored = await self.store.load_contexts()
             counts = await self.store.memory_counts()
-        with self._stored_data():
-            contexts = {uid: UserContext.from_dict(orjson.loads(data)) for uid, data in stored}
+        contexts = {uid: self._parse_context(uid, data) for uid, data in stored}
         rows = []
         for uid in sorted(contexts.keys() | counts.keys()):
             ctx = contexts.get(uid)
@@ -214,12 +207,12 @@ class Inspector:
         rows.sort(key=key, reverse=descending)  # stable: equal keys keep the id order
         return rows if limit is None else rows[:limit]
 
+    def _parse_context(self, uid: str, data: bytes) -> UserContext:
+        return stored_context(data, self.db_path, f"the contexts row of user {uid!r}")
+
     async def _context(self, uid: str) -> UserContext | None:
         data = await self.store.context_data(uid)
-        if data is None:
-            return None
-        with self._stored_data():
-            return UserContext.from_dict(orjson.loads(data))
+        return None if data is None else self._parse_context(uid, data)
 
     async def require_user(self, user_id: str | int) -> str:
         """The validated id of a user with a context or memories; else UserNotFoundError."""
@@ -239,8 +232,7 @@ class Inspector:
     async def history(self, user_id: str | int) -> list[HistoryEntry]:
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
-            with self._stored_data():
-                return await self.store.history(uid)
+            return await self.store.history(uid)
 
     async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
         """The erasure log (of one user, or all), oldest first; it has no content to hide."""
@@ -253,8 +245,7 @@ class Inspector:
         """The user, if its history holds ``version``; else User- or VersionNotFoundError."""
         version = validation.positive_int("version", version)
         shown = await self.show(user_id)
-        with self._stored_data():
-            entry = await self.store.history_entry(shown.user_id, version)
+        entry = await self.store.history_entry(shown.user_id, version)
         if entry is None:
             raise VersionNotFoundError(shown.user_id, version, shown.context.version if shown.context else 0)
         return shown
@@ -266,8 +257,7 @@ class Inspector:
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
             total = await self.store.count_memories(uid)
-            with self._stored_data():
-                page = await self.store.memories(uid, limit=limit, offset=offset)
+            page = await self.store.memories(uid, limit=limit, offset=offset)
         return MemoryPage(page, offset, total)
 
     async def export_user(self, user_id: str | int) -> dict[str, Any]:
@@ -275,9 +265,8 @@ class Inspector:
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
             context = await self._context(uid)
-            with self._stored_data():
-                history = await self.store.history(uid)
-                memories = await self.store.memories(uid)
+            history = await self.store.history(uid)
+            memories = await self.store.memories(uid)
         return {
             "format": EXPORT_FORMAT,
             "user_id": uid,
@@ -319,8 +308,7 @@ class Inspector:
         async def embed_query() -> Vectors:
             return vector
 
-        with self._stored_data():
-            return await retriever.retrieve(index, uid, query, embed_query, k, kind_set)
+        return await retriever.retrieve(index, uid, query, embed_query, k, kind_set)
 
     async def _user_index(self, uid: str, query: str) -> tuple[PerUserIndex, Vectors]:
         """The user's vectors from SQLite in a private index, and the query's vector."""
@@ -431,8 +419,7 @@ class Inspector:
     async def _check_snapshot(self, owner: int | None) -> Check:
         path = self.snapshot_path
         stored = await self.store.load_contexts()
-        with self._stored_data():
-            db_versions = {uid: int(orjson.loads(data)["version"]) for uid, data in stored}
+        db_versions = {uid: self._parse_context(uid, data).version for uid, data in stored}
         if not path.exists():
             if not db_versions:
                 return Check("snapshot", OK, f"{path} not written yet; the database has no contexts")

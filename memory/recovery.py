@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 
 import aiofiles.os
 
-from memory.context import UserContext
-from memory.errors import InvalidInputError, SnapshotCorruptError, StorageError
+from memory.atomic import remove_dead_temps
+from memory.context import UserContext, stored_context
+from memory.errors import DataDamagedError, SnapshotCorruptError, StorageError
+from memory.ownership import LOCK_NAME, holder_pid
 from memory.snapshot import read_snapshot
 from memory.store import SqliteStore, context_statements, damaged_database
 
@@ -20,6 +23,8 @@ log = logging.getLogger(__name__)
 DB_NAME = "memory.db"
 SNAPSHOT_NAME = "contexts.json"
 INDEX_NAME = "vectors.faiss"
+# The files written through a temp file (memory/atomic.py): the snapshot, the index, its watermark.
+ATOMIC_NAMES = (SNAPSHOT_NAME, INDEX_NAME, INDEX_NAME + ".watermark.json")
 
 
 @dataclass(slots=True)
@@ -42,12 +47,13 @@ class StartupReport:
 
 async def open_store(store: SqliteStore, snapshot: Path, report: StartupReport, *, check: bool) -> None:
     """Open ``store``, rebuilding it from ``snapshot`` when the database file is missing."""
+    await aiofiles.os.wrap(remove_litter)(store.path.parent, report)
     snapshot_exists = await aiofiles.os.path.exists(snapshot)
     if await aiofiles.os.path.exists(store.path):
         try:
             report.migrations_applied = await store.open(integrity_check=check)
-        except StorageError as exc:
-            if exc.path == store.path and snapshot_exists:
+        except DataDamagedError as exc:
+            if snapshot_exists:
                 raise damaged_database(store.path, exc.__cause__ or exc, snapshot) from exc
             raise
         return
@@ -80,12 +86,108 @@ async def _rebuild_contexts(store: SqliteStore, snapshot: Path, users: list[dict
     for raw in users:
         try:
             ctx = UserContext.from_dict(raw)
-        except (InvalidInputError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:  # InvalidInputError is a ValueError
             raise StorageError(f"snapshot {snapshot} holds an invalid context: {exc}", snapshot) from exc
         encoded = ctx.to_json().decode()
         statements += context_statements(ctx, encoded, now, "recovery", {"op": "restored_from_snapshot"})
     if statements:
         await store.commit(statements)
+
+
+def remove_litter(folder: Path, report: StartupReport) -> None:
+    """Delete the temp files that writers killed mid-write left (tens of MB each at 100k users).
+
+    Called once the folder is owned, before anything is written: a temp file with this
+    process's own pid then belongs to an earlier process that had the same pid.
+    """
+    owned = holder_pid(folder / LOCK_NAME) == os.getpid()
+    try:
+        removed = remove_dead_temps(folder, ATOMIC_NAMES, include_own=owned)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot remove {exc.filename or folder}, a temp file left by a writer that died: "
+            f"{exc.strerror or exc}; make {folder} writable by the bot's user",
+            exc.filename or folder,
+        ) from exc
+    if removed:
+        note = f"removed {len(removed)} temp file(s) left by writers that died: " + ", ".join(
+            sorted(path.name for path in removed)
+        )
+        report.notes.append(note)
+        log.info("%s", note)
+
+
+async def load_contexts(
+    store: SqliteStore, snapshot: Path, report: StartupReport
+) -> list[tuple[UserContext, bytes]]:
+    """Every stored context with its JSON; a damaged one is restored from the snapshot.
+
+    A context row that does not parse is replaced by the user's entry in the snapshot (as a new
+    version after every stored one, so the history stays intact and ordered). Without such an
+    entry start stops: starting without the person, or empty, would hide the damage.
+    """
+    loaded: list[tuple[UserContext, bytes]] = []
+    damaged: dict[str, DataDamagedError] = {}
+    for user_id, data in await store.load_contexts():
+        try:
+            loaded.append((stored_context(data, store.path, f"the contexts row of user {user_id!r}"), data))
+        except DataDamagedError as exc:
+            damaged[user_id] = exc
+    if damaged:
+        loaded += await _restore_damaged(store, snapshot, damaged, report)
+    return loaded
+
+
+async def _restore_damaged(
+    store: SqliteStore, snapshot: Path, damaged: dict[str, DataDamagedError], report: StartupReport
+) -> list[tuple[UserContext, bytes]]:
+    first_uid, first = next(iter(damaged.items()))
+    try:
+        saved = {
+            str(raw.get("user_id")): raw
+            for raw in await aiofiles.os.wrap(read_snapshot)(snapshot)
+            if isinstance(raw, dict)
+        }
+    except StorageError as exc:  # missing, unreadable or damaged itself
+        raise DataDamagedError(
+            f"{first}; the snapshot cannot replace it ({exc}). Not starting without "
+            f"user {first_uid!r}: restore {store.path} from a backup",
+            store.path,
+        ) from first
+    now = datetime.now(UTC)
+    restored: list[tuple[UserContext, bytes]] = []
+    statements = []
+    for uid, problem in damaged.items():
+        if uid not in saved:
+            raise DataDamagedError(
+                f"{problem}; the snapshot {snapshot} does not hold user {uid!r}. Not starting "
+                f"without them: restore {store.path} from a backup",
+                store.path,
+            ) from problem
+        try:
+            old = UserContext.from_dict(saved[uid])
+        except (ValueError, TypeError, KeyError) as exc:  # InvalidInputError is a ValueError
+            raise DataDamagedError(
+                f"{problem}; the snapshot's entry for {uid!r} is invalid too ({exc}): restore "
+                f"{store.path} from a backup",
+                store.path,
+            ) from problem
+        after = await store.stored_version(uid)
+        ctx = old.copy_with(version=after + 1)
+        encoded = ctx.to_json()
+        change = {"op": "restored_from_snapshot", "snapshot_version": old.version, "damaged_version": after}
+        statements += context_statements(ctx, encoded.decode(), now, "recovery", change)
+        restored.append((ctx, encoded))
+        note = (
+            f"the context of user {uid!r} in {store.path} was damaged ({problem.__cause__}); "
+            f"restored version {old.version} of it from {snapshot} as version {ctx.version}: "
+            f"changes after version {old.version} are lost unless its history holds them "
+            f"(`memory-admin rollback {uid} {after}` brings back the last stored version)"
+        )
+        report.notes.append(note)
+        log.warning("%s", note)
+    await store.commit(statements)
+    return restored
 
 
 def check_snapshot(snapshot: Path, report: StartupReport) -> bool:

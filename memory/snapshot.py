@@ -18,7 +18,7 @@ import aiofiles
 import aiofiles.os
 import orjson
 
-from memory.atomic import fsync_dir
+from memory.atomic import fsync_dir, temp_path
 from memory.errors import SnapshotCorruptError, StorageError
 
 FORMAT = "memory-bot-contexts"
@@ -42,7 +42,7 @@ async def write_snapshot(path: Path, encoded_contexts: Sequence[bytes], count: i
             "count": count,
         }
     )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     written = 0
     try:
         async with aiofiles.open(tmp, "wb") as fh:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -16,12 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiofiles.os
 import aiosqlite
 import orjson
 
 from memory.coalesce import Coalesced
-from memory.context import UserContext, freeze_json, parse_time
-from memory.errors import StorageError, SystemClosedError
+from memory.context import UserContext, freeze_json, parse_stored_json, parse_time, stored_row
+from memory.errors import DataDamagedError, StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25, user_terms
 from memory.records import ErasureRecord, HistoryEntry, Memory
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 
 Migration = Callable[[sqlite3.Connection], None]
 CHECKPOINT_INTERVAL = 1.0
+# PASSIVE checkpoints never rewind a WAL that is always being written (it reached 690 MiB beside a
+# 105 MiB database under a 12-task writer): past this size the checkpointer runs a TRUNCATE one
+# between two commits, and journal_size_limit trims the file whenever SQLite rewinds it.
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
+TRUNCATE_BUSY_MS = 100
 # FTS5 looks a term up once per index segment: merging whenever 2 segments share a level, and
 # a bounded merge step after writes (at most a few ms of the writer), keeps searches at 1-3.
 FTS_USERMERGE = 2
@@ -40,6 +47,7 @@ FTS_SECURE_DELETE = sqlite3.sqlite_version_info >= (3, 44, 0)
 FTS_OPTIMIZE = "INSERT INTO memories_fts (memories_fts) VALUES ('optimize')"
 CACHE_KIB = 65_536
 TRUNCATE_ATTEMPTS = 50
+TRUNCATE_RETRY_SECONDS = 0.05
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -183,18 +191,97 @@ def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
     return applied
 
 
-def damaged_database(path: Path, cause: object, snapshot: Path | None = None) -> StorageError:
+def damaged_database(path: Path, cause: object, snapshot: Path | None = None) -> DataDamagedError:
+    """Only for corruption (see ``database_error``): this advice gives up the file."""
     restore = (
         f"the contexts can be rebuilt from the snapshot {snapshot}: stop the bot, move {path} "
         f"and its -wal and -shm files aside, and start again"
         if snapshot is not None
         else "restore it from a backup"
     )
-    return StorageError(
+    return DataDamagedError(
         f"database {path} is damaged ({cause}); {restore}. Memories live only in the database: "
         "keep the damaged file, `sqlite3 FILE .recover` may save them",
         path,
     )
+
+
+# Primary result codes (the low byte of an extended one) that mean the file itself is corrupt.
+_CORRUPTION = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_NO_ACCESS = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
+_LOCKED = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def primary_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of ``exc`` (Python 3.11+ attaches it), None if it has none."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def access_problem(path: Path) -> str | None:
+    """Why this process cannot write the database's folder or files, if it cannot."""
+    folder = path.parent
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return f"the folder {folder} is on a read-only filesystem"
+    except OSError as exc:
+        return f"the folder {folder} cannot be read ({exc.strerror or exc})"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"the folder {folder} is not writable by this user (SQLite creates {path.name}-wal "
+            f"and {path.name}-shm beside the database)"
+        )
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
+            return f"{file} is not readable and writable by this user"
+    return None
+
+
+def database_error(path: Path, exc: sqlite3.Error, snapshot: Path | None = None) -> StorageError:
+    """What went wrong with ``path``, named for what it is: only corruption is called damage."""
+    code = primary_code(exc)
+    if code in _CORRUPTION:
+        return damaged_database(path, exc, snapshot)
+    nothing_lost = "nothing is damaged"
+    if code in _NO_ACCESS:
+        why = access_problem(path)
+        fix = "Make the folder and its files writable by the bot's user"
+        if why is not None and not _wal_readable_as_is(path):
+            fix += (
+                f", or copy the folder somewhere writable to read it: {path.name}-wal holds changes "
+                f"that SQLite reads only through a {path.name}-shm file it must create"
+            )
+        else:
+            fix += " (memory-admin's read commands read a read-only folder as it is)"
+        return StorageError(
+            f"database {path} cannot be opened or written ({exc}): "
+            f"{why or 'the file or its folder is read-only or not accessible'}; {nothing_lost}. {fix}",
+            path,
+        )
+    if code in _LOCKED:
+        return StorageError(
+            f"database {path} is locked by another connection ({exc}); {nothing_lost}. Wait for "
+            "it or stop the other process, then try again",
+            path,
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return StorageError(f"database {path}: the disk is full ({exc}); free space, then retry", path)
+    if code == sqlite3.SQLITE_IOERR:
+        return StorageError(
+            f"database {path}: the operating system reported an I/O error ({exc}); check the disk "
+            "and the filesystem, then retry",
+            path,
+        )
+    return StorageError(f"could not use the database {path}: {exc}", path)
+
+
+def _wal_readable_as_is(path: Path) -> bool:
+    """Whether the database may be read as an immutable file: nothing waits in its WAL."""
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size == 0
+    except FileNotFoundError:
+        return True
 
 
 class SqliteStore:
@@ -208,8 +295,16 @@ class SqliteStore:
         busy_timeout_ms: int = 5000,
         max_batch: int = 256,
         readonly: bool = False,
+        wal_limit_bytes: int = WAL_LIMIT_BYTES,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
     ) -> None:
         self.path = path
+        self.wal_path = path.with_name(path.name + "-wal")
+        self.wal_limit_bytes = wal_limit_bytes
+        self.wal_truncations = 0
+        self.wal_truncations_busy = 0
+        self.immutable = False  # read-only and opened with immutable=1: see _open_readonly
+        self._checkpoint_interval = checkpoint_interval
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
@@ -227,14 +322,15 @@ class SqliteStore:
         applied: list[int] = []
         try:
             if self._readonly:
-                self._read_conn = await self._connect(f"file:{self.path}?mode=ro")
+                self._read_conn = await self._open_readonly()
                 if integrity_check:
                     await self._check_integrity(self._read_conn)
                 return applied
             self._write_conn = await self._connect(str(self.path))
             await self._write_conn.execute("PRAGMA journal_mode = WAL")
-            # Checkpoints run on the read connection's thread (below), not inside a commit.
+            # Checkpoints run in the background (_checkpoint_loop), never inside a commit.
             await self._write_conn.execute("PRAGMA wal_autocheckpoint = 0")
+            await self._write_conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit_bytes}")
             await self._write_conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             # Freed pages are zeroed: a forgotten text does not linger in free space.
             await self._write_conn.execute("PRAGMA secure_delete = ON")
@@ -244,7 +340,10 @@ class SqliteStore:
             self._read_conn = await self._connect(str(self.path))
         except sqlite3.DatabaseError as exc:
             await self.close()
-            raise damaged_database(self.path, exc) from exc
+            raise database_error(self.path, exc) from exc
+        except StorageError:
+            await self.close()
+            raise
         self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch)
         self._writer.start()
         if FTS_SECURE_DELETE:
@@ -254,27 +353,84 @@ class SqliteStore:
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="memory-bot checkpoint")
         return applied
 
+    async def _open_readonly(self) -> aiosqlite.Connection:
+        """A ``mode=ro`` connection; in a folder this process cannot write, where SQLite cannot
+        create the -shm file that WAL reads need, ``immutable=1`` when the WAL holds nothing."""
+        uri = self.path.absolute().as_uri()
+        try:
+            conn = await self._connect(f"{uri}?mode=ro")
+        except sqlite3.OperationalError as exc:
+            if (
+                primary_code(exc) not in _NO_ACCESS
+                or access_problem(self.path) is None
+                or not _wal_readable_as_is(self.path)
+            ):
+                raise
+            # No writer can be running: it could not have created its -wal and -shm here.
+            log.info("%s: the folder is read-only; reading the database as an immutable file", self.path)
+            conn = await self._connect(f"{uri}?immutable=1")
+            self.immutable = True
+        return conn
+
     async def _checkpoint_loop(self) -> None:
         """After writes: a bounded FTS5 merge step, and the WAL copied into the database, in the
         background so that commits never wait for either."""
         done = 0
         while self._writer is not None and self._read_conn is not None:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            await asyncio.sleep(self._checkpoint_interval)
             writer, conn = self._writer, self._read_conn
             if writer is None or conn is None or writer.units == done:
                 continue
             try:
                 await writer.submit([(FTS_MERGE_STEP, ())])
                 await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+                if await self.wal_bytes() > self.wal_limit_bytes:
+                    await self._truncate_wal(writer)
             except (sqlite3.Error, StorageError) as exc:
                 log.warning("background upkeep of %s failed (retried later): %s", self.path, exc)
             done = writer.units  # counts the merge step's own unit
+
+    async def _truncate_wal(self, writer: GroupCommitWriter) -> bool:
+        """Rewind the WAL to empty between two commits: holding the writer's lock keeps commits
+        out, so only a reader in another process (the admin CLI) can make it wait. False when
+        such a reader kept it busy (retried later)."""
+        conn = self._write_conn
+        if conn is None:
+            return False
+        async with writer.db_lock:
+            # Briefly: a long read elsewhere must not hold every commit up for busy_timeout.
+            await conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_BUSY_MS}")
+            try:
+                rows = list(await conn.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)"))
+            finally:
+                await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        if rows and rows[0][0]:
+            self.wal_truncations_busy += 1  # retried at the next round
+            return False
+        self.wal_truncations += 1
+        return True
+
+    async def wal_bytes(self) -> int:
+        """The size of the -wal file now (0 when there is none)."""
+        try:
+            return (await aiofiles.os.stat(self.wal_path)).st_size
+        except FileNotFoundError:
+            return 0
+
+    async def wal_stats(self) -> dict[str, int]:
+        return {
+            "wal_bytes": await self.wal_bytes(),
+            "wal_limit_bytes": self.wal_limit_bytes,
+            "wal_truncations": self.wal_truncations,
+            "wal_truncations_busy": self.wal_truncations_busy,
+        }
 
     async def _connect(self, target: str) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(target, uri=target.startswith("file:"))
         try:
             await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # searches reread FTS5 pages
+            await conn.execute_fetchall("SELECT count(*) FROM sqlite_master")  # opens the file now
         except BaseException:
             await conn.close()  # else its thread outlives us and holds the process open
             raise
@@ -284,7 +440,8 @@ class SqliteStore:
         async with conn.execute("PRAGMA quick_check") as cursor:
             rows = [row[0] for row in await cursor.fetchall()]
         if rows != ["ok"]:
-            raise sqlite3.DatabaseError("; ".join(str(r) for r in rows[:5]))
+            problem = sqlite3.DatabaseError("quick_check: " + "; ".join(str(r) for r in rows[:5]))
+            raise damaged_database(self.path, problem) from problem
 
     async def close(self) -> None:
         """Commit what is queued and close; safe to call twice."""
@@ -326,12 +483,14 @@ class SqliteStore:
         await self.truncate_wal()
 
     async def truncate_wal(self) -> None:
-        """Copy the WAL into the database and empty it (retried while a writer is busy)."""
+        """Copy the WAL into the database and empty it now (an erasure's old frames with it)."""
+        writer = self._writer
+        if writer is None:
+            raise SystemClosedError(f"the database {self.path} is not open for writing")
         for _ in range(TRUNCATE_ATTEMPTS):
-            rows = await self.fetch("PRAGMA wal_checkpoint(TRUNCATE)")
-            if rows and int(rows[0][0]) == 0:
+            if await self._truncate_wal(writer):
                 return
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(TRUNCATE_RETRY_SECONDS)
         raise StorageError(
             f"could not empty the WAL of {self.path}: another connection kept it busy; "
             "stop long-running readers (admin commands) and try again",
@@ -360,11 +519,23 @@ class SqliteStore:
             # made the background checkpoint on this connection fail with "table is locked").
             return list(await conn.execute_fetchall(sql, params))
         except sqlite3.DatabaseError as exc:
-            raise StorageError(f"could not read {self.path}: {exc}", self.path) from exc
+            if primary_code(exc) is None:  # e.g. a stored text that is not UTF-8
+                raise StorageError(f"could not read {self.path}: {exc}", self.path) from exc
+            raise database_error(self.path, exc) from exc
 
-    async def load_contexts(self) -> list[tuple[str, str]]:
-        rows = await self.fetch("SELECT user_id, data FROM contexts")
+    async def load_contexts(self) -> list[tuple[str, bytes]]:
+        """Every stored context, as the JSON bytes it was written as (parse: ``stored_context``)."""
+        rows = await self.fetch("SELECT user_id, CAST(data AS BLOB) FROM contexts")
         return [(r[0], r[1]) for r in rows]
+
+    async def stored_version(self, user_id: str) -> int:
+        """The highest version the contexts row or the history holds for ``user_id`` (0: none)."""
+        rows = await self.fetch(
+            "SELECT max(coalesce((SELECT version FROM contexts WHERE user_id = ?), 0),"
+            " coalesce((SELECT max(version) FROM context_history WHERE user_id = ?), 0))",
+            (user_id, user_id),
+        )
+        return int(rows[0][0])
 
     async def next_memory_id(self) -> int:
         """Ids are handed out here, never reused, so a unit needs no RETURNING round trip."""
@@ -375,20 +546,12 @@ class SqliteStore:
         return int(rows[0][0]) + 1
 
     async def history(self, user_id: str) -> list[HistoryEntry]:
-        rows = await self.fetch(
-            "SELECT user_id, version, at, actor, change, state FROM context_history"
-            " WHERE user_id = ? ORDER BY version",
-            (user_id,),
-        )
-        return [_history_entry(r) for r in rows]
+        rows = await self.fetch(f"{HISTORY_SELECT} WHERE user_id = ? ORDER BY version", (user_id,))
+        return [_history_entry(r, self.path) for r in rows]
 
     async def history_entry(self, user_id: str, version: int) -> HistoryEntry | None:
-        rows = await self.fetch(
-            "SELECT user_id, version, at, actor, change, state FROM context_history"
-            " WHERE user_id = ? AND version = ?",
-            (user_id, version),
-        )
-        return _history_entry(rows[0]) if rows else None
+        rows = await self.fetch(f"{HISTORY_SELECT} WHERE user_id = ? AND version = ?", (user_id, version))
+        return _history_entry(rows[0], self.path) if rows else None
 
     async def memories(
         self, user_id: str, *, limit: int = -1, offset: int = 0, kinds: Iterable[str] | None = None
@@ -400,7 +563,7 @@ class SqliteStore:
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
             params += kinds
         rows = await self.fetch(sql + " ORDER BY id LIMIT ? OFFSET ?", (*params, limit, offset))
-        return [memory_from_row(r) for r in rows]
+        return [memory_from_row(r, self.path) for r in rows]
 
     async def memories_by_id(self, ids: Sequence[int]) -> dict[int, Memory]:
         if not ids:
@@ -409,14 +572,14 @@ class SqliteStore:
             f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id IN ({','.join('?' * len(ids))})",
             list(ids),
         )
-        return {r[0]: memory_from_row(r) for r in rows}
+        return {r[0]: memory_from_row(r, self.path) for r in rows}
 
     async def memories_by_source(self, source_id: str) -> list[Memory]:
         rows = await self.fetch(
             f"SELECT {MEMORY_COLUMNS} FROM memories WHERE source_id = ? ORDER BY id",
             (source_id,),
         )
-        return [memory_from_row(r) for r in rows]
+        return [memory_from_row(r, self.path) for r in rows]
 
     async def memory_ids(self, user_id: str) -> list[int]:
         rows = await self.fetch("SELECT id FROM memories WHERE user_id = ?", (user_id,))
@@ -424,7 +587,7 @@ class SqliteStore:
 
     async def unembedded(self) -> list[Memory]:
         rows = await self.fetch(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE embedding IS NULL ORDER BY id")
-        return [memory_from_row(r) for r in rows]
+        return [memory_from_row(r, self.path) for r in rows]
 
     async def embedding_watermark(self) -> tuple[int, int]:
         """(count, highest id) of the memories that have an embedding."""
@@ -448,11 +611,9 @@ class SqliteStore:
         if at is None:
             return await self.history(user_id)
         rows = await self.fetch(
-            "SELECT user_id, version, at, actor, change, state FROM context_history"
-            " WHERE user_id = ? AND at >= ? ORDER BY version",
-            (user_id, at.isoformat()),
+            f"{HISTORY_SELECT} WHERE user_id = ? AND at >= ? ORDER BY version", (user_id, at.isoformat())
         )
-        return [_history_entry(r) for r in rows]
+        return [_history_entry(r, self.path) for r in rows]
 
     async def erasures(self, user_id: str | None = None) -> list[ErasureRecord]:
         """The erasure log, oldest first: every forget, with no content."""
@@ -539,7 +700,7 @@ class SqliteStore:
             f"SELECT {MEMORY_COLUMNS} FROM memories WHERE user_id = ? ORDER BY id DESC LIMIT 1",
             (user_id,),
         )
-        return memory_from_row(rows[0]) if rows else None
+        return memory_from_row(rows[0], self.path) if rows else None
 
     async def session_neighbours(self, ids: Iterable[int]) -> dict[int, tuple[int | None, int | None]]:
         """(previous, next) memory in the same session, for each id that has one."""
@@ -562,10 +723,10 @@ class SqliteStore:
         rows = await self.fetch("SELECT count(*) FROM memories WHERE user_id = ?", (user_id,))
         return int(rows[0][0])
 
-    async def context_data(self, user_id: str) -> str | None:
+    async def context_data(self, user_id: str) -> bytes | None:
         """The stored JSON of one user's context."""
-        rows = await self.fetch("SELECT data FROM contexts WHERE user_id = ?", (user_id,))
-        return str(rows[0][0]) if rows else None
+        rows = await self.fetch("SELECT CAST(data AS BLOB) FROM contexts WHERE user_id = ?", (user_id,))
+        return bytes(rows[0][0]) if rows else None
 
     async def memory_counts(self) -> dict[str, int]:
         rows = await self.fetch("SELECT user_id, count(*) FROM memories GROUP BY user_id")
@@ -598,30 +759,41 @@ class SqliteStore:
         return int(rows[0][0])
 
 
-def _history_entry(row: sqlite3.Row | tuple[Any, ...]) -> HistoryEntry:
-    return HistoryEntry(
-        user_id=row[0],
-        version=row[1],
-        at=parse_time("at", row[2]),
-        actor=row[3],
-        change=freeze_json(orjson.loads(row[4])),
-        context=UserContext.from_dict(orjson.loads(row[5])),
-    )
+# JSON columns are read as the bytes stored, so one that bit rot made invalid UTF-8 is reported
+# as that row's damage (by parse_stored_json) instead of failing the whole query.
+HISTORY_SELECT = (
+    "SELECT user_id, version, at, actor, CAST(change AS BLOB), CAST(state AS BLOB) FROM context_history"
+)
 
 
-MEMORY_COLUMNS = "id, user_id, text, kind, created_at, metadata, source_id"
+def _history_entry(row: sqlite3.Row | tuple[Any, ...], path: Path) -> HistoryEntry:
+    where = f"the context_history row of user {row[0]!r} at version {row[1]}"
+    with stored_row(path, where):
+        return HistoryEntry(
+            user_id=row[0],
+            version=row[1],
+            at=parse_time("at", row[2]),
+            actor=row[3],
+            change=freeze_json(parse_stored_json(row[4], path, where)),
+            context=UserContext.from_dict(parse_stored_json(row[5], path, where)),
+        )
 
 
-def memory_from_row(row: sqlite3.Row | tuple[Any, ...]) -> Memory:
-    return Memory(
-        id=row[0],
-        user_id=row[1],
-        text=row[2],
-        kind=row[3],
-        created_at=parse_time("created_at", row[4]),
-        metadata=freeze_json(orjson.loads(row[5])),
-        source_id=row[6],
-    )
+MEMORY_COLUMNS = "id, user_id, text, kind, created_at, CAST(metadata AS BLOB), source_id"
+
+
+def memory_from_row(row: sqlite3.Row | tuple[Any, ...], path: Path) -> Memory:
+    where = f"the memories row {row[0]} (of user {row[1]!r})"
+    with stored_row(path, where):
+        return Memory(
+            id=row[0],
+            user_id=row[1],
+            text=row[2],
+            kind=row[3],
+            created_at=parse_time("created_at", row[4]),
+            metadata=freeze_json(parse_stored_json(row[5], path, where)),
+            source_id=row[6],
+        )
 
 
 # -- statements the writer commits ---------------------------------------------------------

@@ -41,6 +41,7 @@ from memory.recovery import (
     SNAPSHOT_NAME,
     StartupReport,
     check_snapshot,
+    load_contexts,
     open_store,
 )
 from memory.retrieval import lexical_document, same_session
@@ -166,9 +167,9 @@ class MemorySystem:
         snapshot = data_dir / SNAPSHOT_NAME
         report = StartupReport(data_dir=str(data_dir))
         await open_store(self._store, snapshot, report, check=storage.integrity_check_on_start)
-        for user_id, data in await self._store.load_contexts():
-            self._contexts[user_id] = UserContext.from_dict(orjson.loads(data))
-            self._encoded[user_id] = data.encode()
+        for ctx, data in await load_contexts(self._store, snapshot, report):
+            self._contexts[ctx.user_id] = ctx
+            self._encoded[ctx.user_id] = data
         report.users = len(self._contexts)
         self._next_memory_id = await self._store.next_memory_id()
         self._saver = AutoSaver(snapshot, storage.save_interval, self._snapshot_source)
@@ -744,6 +745,7 @@ class MemorySystem:
             "history_rows": await self._store.count("context_history"),
             **self._saver.stats(),
             **self._store.writer_stats(),
+            **await self._store.wal_stats(),
             **self._locks.stats(),
             **await self._semantic.stats(),
             "startup": self.report.to_dict() if self.report else None,
