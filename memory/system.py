@@ -609,10 +609,12 @@ class MemorySystem:
         target = ErasureTarget.of(memories, sources)
         now = datetime.now(UTC)
         statements = forget_memories_statements([m.id for m in memories])
-        # States older than the oldest forgotten exchange cannot quote it; a bare source can
-        # be anywhere in the history.
-        since = target.earliest if not sources or memories else None
-        redactions = redacted_states(await self._store.history_since(uid, since), target)
+        # Only exchanges are quoted in contexts. States older than the oldest forgotten
+        # exchange cannot quote it; a bare source's exchange can be anywhere in the history.
+        redactions: list[tuple[int, str]] = []
+        if sources or target.earliest is not None:
+            since = target.earliest if memories else None
+            redactions = redacted_states(await self._store.history_since(uid, since), target)
         statements += [redact_history_statement(uid, version, state) for version, state in redactions]
         old = self._contexts.get(uid)
         kept = without_exchanges(old, target) if old is not None else None
