@@ -39,7 +39,8 @@ from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.snapshot import read_snapshot
 from memory.store import SCHEMA_VERSION, SqliteStore
-from memory.system import EXPORT_FORMAT, MEMORY_KINDS
+from memory.transfer import export_document
+from memory.validation import MEMORY_KINDS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _EMBEDDING_CHUNK = 500
@@ -271,14 +272,7 @@ class Inspector:
             with self._stored_data():
                 history = await self.store.history(uid)
                 memories = await self.store.memories(uid)
-        return {
-            "format": EXPORT_FORMAT,
-            "user_id": uid,
-            "exported_at": datetime.now(UTC).isoformat(),
-            "context": context.to_dict() if context else None,
-            "history": [entry.to_dict() for entry in history],
-            "memories": [memory.to_dict() for memory in memories],
-        }
+        return export_document(uid, context, history, memories)
 
     async def stored_model(self) -> str | None:
         """The embedding model that made the stored embeddings."""
