@@ -118,7 +118,8 @@ def _whole_number(field: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInputError(field, f"must be an integer, got {_type_name(value)}")
     if value < low:
-        raise InvalidInputError(field, f"must be at least {low}, got {value}")
+        shown = value if value > -(10**20) else "a larger negative number"
+        raise InvalidInputError(field, f"must be at least {low}, got {shown}")
     if value > high:
         raise InvalidInputError(field, f"must be at most {high}")
     return value
@@ -206,7 +207,9 @@ def path(field: str, value: Any) -> Path | None:
         shown = os.fspath(value)
         if isinstance(shown, str) and shown and "\x00" not in shown:
             return Path(shown)
-    raise InvalidInputError(field, f"must be a non-empty path (str or pathlib.Path), got {value!r:.80}")
+    raise InvalidInputError(
+        field, f"must be a non-empty path without NUL (str or pathlib.Path), got a {_type_name(value)}"
+    )
 
 
 def settings(value: Any) -> Settings | None:
