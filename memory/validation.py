@@ -137,9 +137,7 @@ def kinds(value: Any) -> frozenset[str] | None:
     if value is None:
         return None
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise InvalidInputError(
-            "kinds", f"must be a list of kinds such as ['fact'], got {_type_name(value)}"
-        )
+        raise InvalidInputError("kinds", f"must be a list of kinds such as ['fact'], got {_type_name(value)}")
     found = frozenset(kind(k, "kinds") for k in value)
     if not found:
         raise InvalidInputError("kinds", "must name at least one kind; pass None for every kind")
