@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from bot import persona
 from bot.formatting import shorten
@@ -43,9 +45,16 @@ class ChatPipeline:
             )
         name = display_name.strip()[:MAX_DISPLAY_NAME]
         context = await self.memory.get_user_context(user_id)
-        learned = await self._learn(user_id, text, dict(context.preferences))
+        found = persona.extract_preferences(text)
+        # What this message teaches, as seen now, for the reply; the commit below computes it
+        # again under the user's lock from the then current preferences, so two quick messages
+        # ("I love jazz", "I love rock") both count.
+        learned = self._changes(user_id, found, context.preferences)
         if learned:
-            context = await self.memory.get_user_context(user_id)
+            preview = {**context.preferences, **learned}
+            context = context.copy_with(
+                preferences={key: value for key, value in preview.items() if value is not None}
+            )
         k = self.memory.settings.bot.memories_in_reply
         memories = await self.memory.retrieve_memory(user_id, text, k) if k else []
         request = ReplyRequest(context, text, tuple(memories), learned, name)
@@ -55,15 +64,17 @@ class ChatPipeline:
             text,
             shorten(reply, limits.max_text_length),
             display_name=name or None,
+            preferences=lambda current: self._changes(user_id, found, current),
             source_id=source_id,
             actor="bot",
         )
         return reply
 
-    async def _learn(
-        self, user_id: str | int, text: str, current: dict[str, object]
+    def _changes(
+        self, user_id: str | int, found: list[persona.Preference], current: Mapping[str, Any]
     ) -> dict[str, str | None]:
-        changes = persona.preference_changes(current, persona.extract_preferences(text))
+        """The preference changes ``found`` makes to ``current``, within the per-user limit."""
+        changes = persona.preference_changes(current, found)
         room = self.memory.settings.limits.max_preferences - len(current)
         applied: dict[str, str | None] = {}
         for key, value in changes.items():
@@ -72,6 +83,5 @@ class ChatPipeline:
                     log.info("user %s has the most preferences allowed; skip %r", user_id, key)
                     continue
                 room -= 1
-            await self.memory.set_preference(user_id, key, value, actor="bot")
             applied[key] = value
         return applied

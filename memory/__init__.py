@@ -7,6 +7,7 @@ from memory.context import Exchange, UserContext
 from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
     ConfigError,
+    ControlChannelError,
     DataDirLockedError,
     EncoderError,
     IndexCorruptError,
@@ -14,22 +15,25 @@ from memory.errors import (
     LockOrderError,
     MemoryBotError,
     MemoryNotFoundError,
+    RemoteError,
     SnapshotCorruptError,
     StorageError,
     SystemClosedError,
     UserNotFoundError,
     VersionNotFoundError,
 )
-from memory.records import HistoryEntry, Memory, ScoredMemory
+from memory.records import ErasureRecord, HistoryEntry, Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.settings import Settings, load_settings
 from memory.system import MemorySystem
 
 __all__ = [
     "ConfigError",
+    "ControlChannelError",
     "DataDirLockedError",
     "Encoder",
     "EncoderError",
+    "ErasureRecord",
     "Exchange",
     "HashingEncoder",
     "HistoryEntry",
@@ -40,6 +44,7 @@ __all__ = [
     "MemoryBotError",
     "MemoryNotFoundError",
     "MemorySystem",
+    "RemoteError",
     "ScoredMemory",
     "Settings",
     "SnapshotCorruptError",

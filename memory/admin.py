@@ -2,7 +2,8 @@
 
 Read commands open SQLite read-only (``mode=ro``), so they work beside a running bot and cannot
 change data; each prints a table, or JSON with ``--json``. Commands that change data ask first
-(or take ``--yes``) and refuse while another process owns the folder unless ``--force``.
+(or take ``--yes``); while another process owns the folder they are sent to it over its control
+channel (``memory.control``), so the owner makes them under its own locks.
 Each command opens the folder, makes one call and formats the answer; the logic is in
 ``memory.inspector`` and ``memory.MemorySystem``. Exit status: 0 ok, 1 failure, 2 bad usage.
 """
@@ -24,15 +25,17 @@ import orjson
 
 from memory import (
     ConfigError,
-    DataDirLockedError,
     InvalidInputError,
     MemoryBotError,
     MemorySystem,
     Settings,
+    UserNotFoundError,
+    control,
     load_settings,
 )
 from memory.inspector import FAIL, USER_SORTS, Inspector, UserView, open_encoder, stored_model_of
 from memory.ownership import LOCK_NAME, holder_pid
+from memory.records import ErasureRecord
 from memory.validation import MEMORY_KINDS
 
 PROG = "memory-admin"
@@ -163,12 +166,17 @@ def _change_text(change: Any) -> str:
 
 async def cmd_history(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
     async with Inspector(data_dir, settings) as view:
-        entries = await view.history(args.user)
+        erasures = await view.erasures(args.user)
+        try:
+            entries = await view.history(args.user)
+        except UserNotFoundError:
+            if not erasures:
+                raise
+            entries = []  # forgotten: only the erasure log is left
     if args.json:
         _json([e.to_dict() for e in entries])
-    elif not entries:
-        print("(no history: this user has only memories)")
-    else:
+        return 0
+    if entries:
         print(
             _table(
                 ["version", "at", "actor", "change"],
@@ -176,6 +184,31 @@ async def cmd_history(args: argparse.Namespace, settings: Settings, data_dir: Pa
                 right={0},
             )
         )
+    elif not erasures:
+        print("(no history: this user has only memories)")
+    if erasures:
+        print(("\n" if entries else "") + "erasures (no content is kept of what was forgotten):")
+        print(_erasure_table(erasures))
+    return 0
+
+
+def _erasure_table(erasures: Sequence[ErasureRecord]) -> str:
+    return _table(
+        ["at", "user", "actor", "request", "rows"],
+        ([_when(e.at), e.user_id, e.actor, e.request, e.rows] for e in erasures),
+        right={4},
+    )
+
+
+async def cmd_erasures(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
+    async with Inspector(data_dir, settings) as view:
+        erasures = await view.erasures(args.user)
+    if args.json:
+        _json([e.to_dict() for e in erasures])
+    elif not erasures:
+        print("(no erasures recorded)")
+    else:
+        print(_erasure_table(erasures))
     return 0
 
 
@@ -321,19 +354,14 @@ async def cmd_export(args: argparse.Namespace, settings: Settings, data_dir: Pat
 # -- commands that change data ---------------------------------------------------------------
 
 
-def _owner_allows(args: argparse.Namespace, data_dir: Path) -> bool:
-    """Whether the folder is free to own; raise unless it is or --force was given."""
-    pid = holder_pid(data_dir / LOCK_NAME)
-    if pid is None:
-        return True
-    if not args.force:
-        locked = DataDirLockedError(data_dir / LOCK_NAME, pid if pid > 0 else None)
-        raise CommandError(f"{locked}; --force runs anyway (risky: the owner does not see the change)")
-    print(
-        f"{PROG}: warning: {data_dir} is owned by process {pid}; going ahead because of --force",
-        file=sys.stderr,
-    )
-    return False
+async def _change(settings: Settings, data_dir: Path, op: str, **params: Any) -> Any:
+    """Make one change: through the owner's control channel when a process owns the folder
+    (so it goes through that process's locks and is not undone by its next write), else
+    directly, owning the folder meanwhile."""
+    if holder_pid(data_dir / LOCK_NAME) is not None:
+        return await control.call(data_dir, op, params)
+    async with _system(settings, data_dir) as system:
+        return await control.apply(system, op, params)
 
 
 def _confirm(args: argparse.Namespace, question: str) -> None:
@@ -347,18 +375,17 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
 
 
 @asynccontextmanager
-async def _system(settings: Settings, data_dir: Path, own: bool) -> AsyncIterator[MemorySystem]:
+async def _system(settings: Settings, data_dir: Path) -> AsyncIterator[MemorySystem]:
     """A started MemorySystem whose encoder made the stored embeddings (else it re-embeds all)."""
     encoder = await open_encoder(settings, await stored_model_of(data_dir, settings))
     try:
-        async with MemorySystem(data_dir, settings=settings, encoder=encoder, take_ownership=own) as system:
+        async with MemorySystem(data_dir, settings=settings, encoder=encoder) as system:
             yield system
     finally:
         await encoder.close()
 
 
 async def cmd_forget(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    own = _owner_allows(args, data_dir)
     async with Inspector(data_dir, settings) as view:
         shown = await view.show(args.user)
     _confirm(
@@ -366,14 +393,12 @@ async def cmd_forget(args: argparse.Namespace, settings: Settings, data_dir: Pat
         f"Forget everything about user {shown.user_id!r} ({shown.versions} versions, "
         f"{shown.memories} memories) in {data_dir}? This cannot be undone.",
     )
-    async with _system(settings, data_dir, own) as system:
-        await system.forget_user(shown.user_id, actor="admin")
+    await _change(settings, data_dir, "forget_user", user_id=shown.user_id, actor="admin")
     print(f"forgot user {shown.user_id!r}: {shown.versions} versions, {shown.memories} memories")
     return 0
 
 
 async def cmd_rollback(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    own = _owner_allows(args, data_dir)
     async with Inspector(data_dir, settings) as view:
         shown = await view.require_version(args.user, args.version)
     _confirm(
@@ -381,14 +406,14 @@ async def cmd_rollback(args: argparse.Namespace, settings: Settings, data_dir: P
         f"Make user {shown.user_id!r} equal to version {args.version} again "
         f"(as a new version after {shown.versions}) in {data_dir}?",
     )
-    async with _system(settings, data_dir, own) as system:
-        ctx = await system.rollback(shown.user_id, args.version, actor="admin")
-    print(f"user {ctx.user_id!r} is now at version {ctx.version}, equal to version {args.version}")
+    ctx = await _change(
+        settings, data_dir, "rollback", user_id=shown.user_id, version=args.version, actor="admin"
+    )
+    print(f"user {ctx['user_id']!r} is now at version {ctx['version']}, equal to version {args.version}")
     return 0
 
 
 async def cmd_import(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    own = _owner_allows(args, data_dir)
     try:
         document = orjson.loads(args.file.read_bytes())
     except OSError as exc:
@@ -403,9 +428,8 @@ async def cmd_import(args: argparse.Namespace, settings: Settings, data_dir: Pat
         args,
         f"Import user {document.get('user_id')!r} ({count} memories) from {args.file} into {data_dir}?",
     )
-    async with _system(settings, data_dir, own) as system:
-        ctx = await system.import_user(document, actor="admin")
-    version = f", context now at version {ctx.version}" if ctx else ", no context in the file"
+    ctx = await _change(settings, data_dir, "import_user", document=document, actor="admin")
+    version = f", context now at version {ctx['version']}" if ctx else ", no context in the file"
     print(f"imported user {document.get('user_id')!r}: {count} memories{version}")
     return 0
 
@@ -431,12 +455,14 @@ def _progress() -> Callable[[int, int], None]:
 
 
 async def cmd_rebuild_index(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    own = _owner_allows(args, data_dir)
     async with Inspector(data_dir, settings) as view:
         embedded = await view.embedded_count()
     _confirm(args, f"Rebuild the index of {data_dir} from {embedded} stored embeddings?")
-    async with _system(settings, data_dir, own) as system:
-        vectors = await system.rebuild_index(progress=_progress())
+    if holder_pid(data_dir / LOCK_NAME) is not None:
+        vectors = (await control.call(data_dir, "rebuild_index", {}))["vectors"]
+    else:
+        async with _system(settings, data_dir) as system:
+            vectors = await system.rebuild_index(progress=_progress())
     print(f"rebuilt the index: {vectors} vectors")
     return 0
 
@@ -491,11 +517,6 @@ def build_parser() -> argparse.ArgumentParser:
     reading.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     changing = argparse.ArgumentParser(add_help=False)
     changing.add_argument("-y", "--yes", action="store_true", help="change the data without asking first")
-    changing.add_argument(
-        "--force",
-        action="store_true",
-        help="run even while another process owns the folder (risky: it will not see the change)",
-    )
 
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None, parents=[common]
@@ -533,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
         [reading],
     )
     sub.add_argument("user", help=user_help)
+    sub = add(
+        "erasures",
+        cmd_erasures,
+        "list the erasure log: every forget, who asked and how many rows (no content)",
+        [reading],
+    )
+    sub.add_argument("user", nargs="?", help="only this user's erasures")
     sub = add(
         "memories",
         cmd_memories,

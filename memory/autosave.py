@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from memory.coalesce import Coalesced
 from memory.errors import StorageError
 from memory.locks import LockLevel, OrderedLock
 from memory.snapshot import write_snapshot
@@ -32,6 +33,7 @@ class AutoSaver:
         self._stopping = asyncio.Event()
         self._lock = OrderedLock(LockLevel.SAVE)
         self._task: asyncio.Task[None] | None = None
+        self._flush = Coalesced(self.save_now)
         self._last_attempt = float("-inf")  # the first save after start is not delayed
         self.saves = 0
         self.failures = 0
@@ -45,6 +47,11 @@ class AutoSaver:
 
     def mark_dirty(self) -> None:
         self._dirty.set()
+
+    async def flush(self) -> None:
+        """Until a snapshot begun after this call is on disk (an erasure must not wait for the
+        interval, nor survive in the old file); concurrent callers share one write."""
+        await self._flush()
 
     async def save_now(self) -> None:
         async with self._lock:

@@ -106,14 +106,26 @@ def parse_time(field: str, value: Any) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One message and the reply to it."""
+    """One message and the reply to it, and where it came from (so that a forget can find it).
+
+    ``memory_id`` is the exchange memory made from it, ``source_id`` the caller's id of the
+    message (a Discord message id): forgetting either removes the exchange too.
+    """
 
     message: str
     response: str
     at: datetime
+    memory_id: int | None = None
+    source_id: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"message": self.message, "response": self.response, "at": self.at.isoformat()}
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "response": self.response,
+            "at": self.at.isoformat(),
+            "memory_id": self.memory_id,
+            "source_id": self.source_id,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Exchange:
@@ -126,7 +138,13 @@ class Exchange:
             if not isinstance(data[name], str):
                 got = type(data[name]).__name__
                 raise InvalidInputError(f"recent {name}", f"must be a string, got {got}")
-        return cls(data["message"], data["response"], parse_time("at", data["at"]))
+        memory_id = data.get("memory_id")
+        if memory_id is not None and (isinstance(memory_id, bool) or not isinstance(memory_id, int)):
+            raise InvalidInputError("recent", "an exchange's memory_id must be a whole number")
+        source_id = data.get("source_id")
+        if source_id is not None and not isinstance(source_id, str):
+            raise InvalidInputError("recent", "an exchange's source_id must be a string")
+        return cls(data["message"], data["response"], parse_time("at", data["at"]), memory_id, source_id)
 
 
 def _check_preference(key: Any, value: Any) -> None:

@@ -13,6 +13,8 @@ Every message says what was wrong and what to do about it::
     ├── StorageError           a file could not be read or written (names the file)
     │   ├── DataDirLockedError another process owns the data folder (names its pid)
     │   └── SnapshotCorruptError the JSON snapshot is truncated or invalid
+    ├── ControlChannelError    the owner of a data folder refused or did not answer a change
+    ├── RemoteError            the owner refused a change sent on its control channel (why)
     ├── IndexCorruptError      the FAISS index file cannot be used
     └── EncoderError           the embedding model could not be loaded or run
 """
@@ -99,3 +101,15 @@ class IndexCorruptError(MemoryBotError):
 
 class EncoderError(MemoryBotError):
     """The embedding model could not be loaded or failed on input."""
+
+
+class ControlChannelError(MemoryBotError):
+    """The owner's control channel refused a connection or did not answer."""
+
+
+class RemoteError(MemoryBotError):
+    """An error the owner raised for a request on its control channel (its type and message)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -15,6 +15,7 @@ embedding, so a missing, unreadable or stale file is rebuilt or caught up withou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -35,13 +36,39 @@ Ids = npt.NDArray[np.int64]
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
+    """What an index file claims to hold, and whose it is.
+
+    ``database_id`` names the database the vectors were made for (a copied or rebuilt database
+    has another, so its reused ids never pick up these vectors); ``checksum`` covers every
+    (id, owner) pair, so vectors filed under the wrong user are caught even within it.
+    """
+
     count: int
     max_id: int
     dim: int
     model: str
+    database_id: str = ""
+    checksum: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"count": self.count, "max_id": self.max_id, "dim": self.dim, "model": self.model})
+        return json.dumps(
+            {
+                "count": self.count,
+                "max_id": self.max_id,
+                "dim": self.dim,
+                "model": self.model,
+                "database_id": self.database_id,
+                "checksum": self.checksum,
+            }
+        )
+
+
+def owners_checksum(pairs: Iterable[tuple[int, str]]) -> str:
+    """A digest of (memory id, owner) pairs, independent of their order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for memory_id, owner in sorted(pairs):
+        digest.update(f"{memory_id}\x1f{owner}\x1e".encode())
+    return digest.hexdigest()
 
 
 # Shards up to this many vectors are scored whole by ``search_scored`` (a 1,000 x 384 product
@@ -61,6 +88,9 @@ class PerUserIndex:
         self.model = model
         self._shards: dict[str, faiss.IndexIDMap2] = {}
         self._owner: dict[int, str] = {}
+        # Vectors of memories gone from the database, left out when loading: the file still
+        # holds them until it is saved again.
+        self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._owner)
@@ -159,12 +189,13 @@ class PerUserIndex:
         scores = vectors @ query.astype(np.float32)
         return {mid: float(score) for mid, score in zip(mine, scores.tolist(), strict=True)}
 
-    def watermark(self) -> Watermark:
-        return Watermark(len(self._owner), self.max_id, self.dim, self.model)
+    def watermark(self, database_id: str = "") -> Watermark:
+        checksum = owners_checksum(self._owner.items())
+        return Watermark(len(self._owner), self.max_id, self.dim, self.model, database_id, checksum)
 
     # -- persistence -------------------------------------------------------------------------
 
-    def save(self, path: Path) -> Watermark:
+    def save(self, path: Path, database_id: str = "") -> Watermark:
         """Write every shard as one index, then its watermark; each file atomically."""
         merged = _new_shard(self.dim)
         for shard in self._shards.values():
@@ -172,7 +203,7 @@ class PerUserIndex:
             if n:
                 vectors = shard.index.reconstruct_n(0, n)
                 merged.add_with_ids(vectors, faiss.vector_to_array(shard.id_map).astype(np.int64))
-        mark = self.watermark()
+        mark = self.watermark(database_id)
         try:
             atomic_write(path, faiss.serialize_index(merged).tobytes())
             atomic_write(watermark_path(path), mark.to_json().encode())
@@ -181,8 +212,15 @@ class PerUserIndex:
         return mark
 
     @classmethod
-    def load(cls, path: Path, owners: dict[int, str], model: str) -> PerUserIndex:
-        """Read ``path``; ``owners`` (memory id -> user, from SQLite) splits it into shards."""
+    def load(
+        cls, path: Path, owners: dict[int, str], model: str, database_id: str | None = None
+    ) -> PerUserIndex:
+        """Read ``path``; ``owners`` (memory id -> user, from SQLite) splits it into shards.
+
+        With ``database_id``, an index made for another database is refused, and so is one
+        whose ids belong to other users than the database says: either would hand one user's
+        vectors to another's memories.
+        """
         try:
             mark_data = json.loads(watermark_path(path).read_text())
             mark = Watermark(
@@ -190,6 +228,8 @@ class PerUserIndex:
                 int(mark_data["max_id"]),
                 int(mark_data["dim"]),
                 str(mark_data["model"]),
+                str(mark_data.get("database_id", "")),
+                str(mark_data.get("checksum", "")),
             )
             merged: Any = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -201,6 +241,11 @@ class PerUserIndex:
             )
         if mark.model != model:
             raise IndexCorruptError(f"index {path} was built with {mark.model}, not {model}")
+        if database_id is not None and mark.database_id != database_id:
+            raise IndexCorruptError(
+                f"index {path} was made for another database ({mark.database_id or 'unnamed'}, "
+                f"this one is {database_id})"
+            )
         index = cls(mark.dim, model)
         n = int(merged.ntotal)
         if n:
@@ -211,8 +256,12 @@ class PerUserIndex:
                 user = owners.get(mid)
                 if user is not None:  # a memory deleted after the save: leave it out
                     by_user.setdefault(user, []).append(row)
+                else:
+                    index.dropped += 1
             for user, rows in by_user.items():
                 index.add(user, ids[rows].tolist(), vectors[rows])
+        if database_id is not None and not index.dropped and index.watermark().checksum != mark.checksum:
+            raise IndexCorruptError(f"index {path} files vectors under other users than its database does")
         return index
 
 

@@ -33,12 +33,12 @@ from memory.errors import (
 )
 from memory.index import PerUserIndex, watermark_path
 from memory.ownership import LOCK_NAME, holder_pid
-from memory.records import HistoryEntry, Memory, ScoredMemory
+from memory.records import ErasureRecord, HistoryEntry, Memory, ScoredMemory
 from memory.recovery import DB_NAME, INDEX_NAME, SNAPSHOT_NAME
 from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.snapshot import read_snapshot
-from memory.store import SCHEMA_VERSION, SqliteStore
+from memory.store import ERASURE_SCHEMA, SCHEMA_VERSION, SqliteStore
 from memory.transfer import export_document
 from memory.validation import MEMORY_KINDS
 
@@ -242,6 +242,13 @@ class Inspector:
             uid = await self.require_user(user_id)
             with self._stored_data():
                 return await self.store.history(uid)
+
+    async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
+        """The erasure log (of one user, or all), oldest first; it has no content to hide."""
+        uid = None if user_id is None else validation.user_id(user_id)
+        if await self.store.schema_version() < ERASURE_SCHEMA:
+            return []  # a database from before the log: nothing was recorded
+        return await self.store.erasures(uid)
 
     async def require_version(self, user_id: str | int, version: int) -> UserView:
         """The user, if its history holds ``version``; else User- or VersionNotFoundError."""
@@ -470,6 +477,7 @@ class Inspector:
             count, max_id = await self.store.embedding_watermark()
             owners = dict(await self.store.embedded_ids())
             model = await self.stored_model()
+            database_id = await self.store.get_meta("database_id")
         mark_path = watermark_path(path)
         if not path.exists() and not mark_path.exists():
             if count == 0:
@@ -482,7 +490,7 @@ class Inspector:
         # The owner replaces the index file, then its watermark: a read between the two sees a
         # mismatched pair, so while the folder is owned one more read settles it.
         for _ in range(2 if owner else 1):
-            read = _read_index(path, owners, model)
+            read = _read_index(path, owners, model, database_id)
             if isinstance(read, tuple):
                 break
         if not isinstance(read, tuple):
@@ -503,17 +511,22 @@ class Inspector:
         return Check("index", FAIL, f"{detail}; run rebuild-index (or it is caught up at the next start)")
 
 
-def _read_index(path: Path, owners: dict[int, str], model: str | None) -> tuple[int, int] | str:
-    """The watermark's (count, highest id) of an index that loads, or what is wrong with it."""
+def _read_index(
+    path: Path, owners: dict[int, str], model: str | None, database_id: str | None
+) -> tuple[int, int] | str:
+    """The watermark's (count, highest id) of an index that loads and belongs to this database
+    (the same checks as a start), or what is wrong with it."""
     mark_path = watermark_path(path)
     try:
         mark = json.loads(mark_path.read_text())
         mark_count, mark_max = int(mark["count"]), int(mark["max_id"])
-        PerUserIndex.load(path, owners, model or str(mark["model"]))
+        index = PerUserIndex.load(path, owners, model or str(mark["model"]), database_id)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{mark_path} is unreadable: {exc}"
     except IndexCorruptError as exc:
         return str(exc)
+    if index.dropped:
+        return f"index {path} still holds {index.dropped} vectors of forgotten memories"
     return mark_count, mark_max
 
 

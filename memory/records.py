@@ -73,3 +73,23 @@ class HistoryEntry:
             "change": thaw_json(self.change),
             "context": self.context.to_dict(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRecord:
+    """One forget, for the audit log: who asked, when, what kind of request, how many rows."""
+
+    user_id: str
+    at: datetime
+    actor: str
+    request: str
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "request": self.request,
+            "rows": self.rows,
+        }

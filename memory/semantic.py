@@ -30,6 +30,9 @@ from memory.workers import SingleThreadWorker, wait_any
 
 log = logging.getLogger(__name__)
 INDEX_SAVE_INTERVAL = 30.0
+# After an erasure the index file is rewritten this soon, not at the usual interval: a forgotten
+# person's vectors must not stay on disk (a start also drops any it finds there).
+ERASURE_SAVE_DELAY = 1.0
 
 
 def embedding_text(memory: Memory) -> str:
@@ -59,6 +62,8 @@ class SemanticMemory:
         self._embed_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._index_dirty = False
+        self._erasure_unsaved = False
+        self._database_id = ""
         self._last_index_save = time.monotonic()
         self.embedded = 0
 
@@ -68,6 +73,7 @@ class SemanticMemory:
         if self._encoder is None:
             self._encoder = await build_encoder(self._settings.encoder, self._index_path.parent)
         encoder = self._encoder
+        self._database_id = await self._store.database_id()
         await self._check_model(encoder, report)
         self._index = await self._open_index(encoder, report)
         pending = await self._store.unembedded()
@@ -90,7 +96,9 @@ class SemanticMemory:
         reason = "no index file"
         if self._index_path.exists():
             try:
-                index = await self._faiss.run(PerUserIndex.load, self._index_path, owners, encoder.name)
+                index = await self._faiss.run(
+                    PerUserIndex.load, self._index_path, owners, encoder.name, self._database_id
+                )
             except IndexCorruptError as exc:
                 reason = str(exc)
                 log.warning("%s; rebuilding it from the embeddings in SQLite", exc)
@@ -100,6 +108,11 @@ class SemanticMemory:
                 report.index_action = f"loaded {len(index)} vectors" + (
                     f", caught up {len(missing)} from SQLite" if missing else ""
                 )
+                if index.dropped:
+                    # Vectors of forgotten memories: gone from the file now, not at the next save.
+                    report.index_action += f", dropped {index.dropped} of forgotten memories"
+                    await self._faiss.run(index.save, self._index_path, self._database_id)
+                    index.dropped = 0
                 self._index_dirty = bool(missing)
                 return index
         index = PerUserIndex(encoder.dim, encoder.name)
@@ -135,7 +148,7 @@ class SemanticMemory:
             self._index = fresh
             self._index_dirty = False
             self._last_index_save = time.monotonic()
-            await self._faiss.run(fresh.save, self._index_path)
+            await self._faiss.run(fresh.save, self._index_path, self._database_id)
         return len(fresh)
 
     async def close(self) -> None:
@@ -156,12 +169,15 @@ class SemanticMemory:
         if index is None:
             return
         async with self._index_lock:
+            index = self._index or index  # a rebuild may have swapped it meanwhile
             self._index_dirty = False
+            erasure, self._erasure_unsaved = self._erasure_unsaved, False
             self._last_index_save = time.monotonic()
             try:
-                await self._faiss.run(index.save, self._index_path)
+                await self._faiss.run(index.save, self._index_path, self._database_id)
             except StorageError:
                 self._index_dirty = True
+                self._erasure_unsaved = erasure
                 raise
 
     # -- write-behind embedding --------------------------------------------------------------
@@ -181,7 +197,8 @@ class SemanticMemory:
             if not self._pending:
                 self._work.clear()
                 await self._maybe_save_index()
-                await wait_any(self._work, self._stopping, timeout=INDEX_SAVE_INTERVAL)
+                timeout = ERASURE_SAVE_DELAY if self._erasure_unsaved else INDEX_SAVE_INTERVAL
+                await wait_any(self._work, self._stopping, timeout=timeout)
             if self._stopping.is_set() and (not self._pending or self._embed_error is not None):
                 return  # drained (or the encoder is failing: the rest is embedded on next start)
             if not self._pending:
@@ -235,7 +252,8 @@ class SemanticMemory:
         done.set()
 
     async def _maybe_save_index(self) -> None:
-        if self._index_dirty and time.monotonic() - self._last_index_save >= INDEX_SAVE_INTERVAL:
+        due = ERASURE_SAVE_DELAY if self._erasure_unsaved else INDEX_SAVE_INTERVAL
+        if self._index_dirty and time.monotonic() - self._last_index_save >= due:
             try:
                 await self.save_index()
             except StorageError as exc:
@@ -249,14 +267,23 @@ class SemanticMemory:
             await self._progress.wait()
 
     async def forget(self, ids: Sequence[int]) -> None:
-        if not ids or self._index is None:
+        """Drop the vectors of forgotten memories; the file follows within ``ERASURE_SAVE_DELAY``.
+
+        The index is read under the index lock: a rebuild swaps in a new one while holding it,
+        so a forget waiting for the rebuild removes the ids from the index that is current.
+        """
+        if not ids:
             return
-        index = self._index
         async with self._index_lock:
             self._live.difference_update(ids)
+            index = self._index
+            if index is None:
+                return
             removed = await self._faiss.run(index.remove, ids)
             if removed:
                 self._index_dirty = True
+                self._erasure_unsaved = True
+                self._work.set()
 
     # -- retrieval ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any
 import aiosqlite
 import orjson
 
+from memory.coalesce import Coalesced
 from memory.context import UserContext, freeze_json, parse_time
 from memory.errors import StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
 from memory.lexical import read_varint, user_bm25, user_terms
-from memory.records import HistoryEntry, Memory
+from memory.records import ErasureRecord, HistoryEntry, Memory
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,12 @@ CHECKPOINT_INTERVAL = 1.0
 # a bounded merge step after writes (at most a few ms of the writer), keeps searches at 1-3.
 FTS_USERMERGE = 2
 FTS_MERGE_STEP = "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', 64)"
+# A deleted row stays in FTS5's segments as a tombstone until they are merged; from SQLite 3.44
+# the 'secure-delete' option removes it at once, before that only a full merge does.
+FTS_SECURE_DELETE = sqlite3.sqlite_version_info >= (3, 44, 0)
+FTS_OPTIMIZE = "INSERT INTO memories_fts (memories_fts) VALUES ('optimize')"
 CACHE_KIB = 65_536
+TRUNCATE_ATTEMPTS = 50
 
 
 def _script(db: sqlite3.Connection, script: str) -> None:
@@ -118,8 +125,30 @@ def _v3_user_terms(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts, _v3_user_terms)
+def _v4_erasure(db: sqlite3.Connection) -> None:
+    # The erasure log outlives what it records (no content, only who, when, what, how many),
+    # and the database id ties the index file to this database (a copied or rebuilt database
+    # gets a new one, so an index made for another is never trusted by its ids).
+    _script(
+        db,
+        """
+        CREATE TABLE erasures (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id TEXT NOT NULL,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            request TEXT NOT NULL,
+            rows INTEGER NOT NULL
+        );
+        CREATE INDEX erasures_by_user ON erasures (user_id, id)
+        """,
+    )
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts, _v3_user_terms, _v4_erasure)
 SCHEMA_VERSION = len(MIGRATIONS)
+ERASURE_SCHEMA = 4  # the first schema with the erasure log
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -189,6 +218,7 @@ class SqliteStore:
         self._read_conn: aiosqlite.Connection | None = None
         self._writer: GroupCommitWriter | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._purge = Coalesced(self._purge_now)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -206,6 +236,8 @@ class SqliteStore:
             # Checkpoints run on the read connection's thread (below), not inside a commit.
             await self._write_conn.execute("PRAGMA wal_autocheckpoint = 0")
             await self._write_conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # Freed pages are zeroed: a forgotten text does not linger in free space.
+            await self._write_conn.execute("PRAGMA secure_delete = ON")
             if integrity_check:
                 await self._check_integrity(self._write_conn)
             applied = await run_on_connection_thread(self._write_conn, migrate, self.path)
@@ -215,6 +247,10 @@ class SqliteStore:
             raise damaged_database(self.path, exc) from exc
         self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch)
         self._writer.start()
+        if FTS_SECURE_DELETE:
+            await self.commit(
+                [("INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)", ())]
+            )
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="memory-bot checkpoint")
         return applied
 
@@ -276,6 +312,31 @@ class SqliteStore:
 
     async def commit(self, statements: Sequence[Statement]) -> None:
         await self.submit(statements)
+
+    async def purge_erased(self) -> None:
+        """Make deleted rows leave the files: FTS5's tombstoned terms and the WAL's old frames.
+
+        Concurrent callers share one purge, which covers every delete committed before it began.
+        """
+        await self._purge()
+
+    async def _purge_now(self) -> None:
+        if not FTS_SECURE_DELETE:
+            await self.commit([(FTS_OPTIMIZE, ())])
+        await self.truncate_wal()
+
+    async def truncate_wal(self) -> None:
+        """Copy the WAL into the database and empty it (retried while a writer is busy)."""
+        for _ in range(TRUNCATE_ATTEMPTS):
+            rows = await self.fetch("PRAGMA wal_checkpoint(TRUNCATE)")
+            if rows and int(rows[0][0]) == 0:
+                return
+            await asyncio.sleep(0.01)
+        raise StorageError(
+            f"could not empty the WAL of {self.path}: another connection kept it busy; "
+            "stop long-running readers (admin commands) and try again",
+            self.path,
+        )
 
     def writer_stats(self) -> dict[str, int]:
         w = self._writer
@@ -381,6 +442,34 @@ class SqliteStore:
             list(ids),
         )
         return [(r[0], r[1], r[2]) for r in rows]
+
+    async def history_since(self, user_id: str, at: datetime | None) -> list[HistoryEntry]:
+        """The user's history states stored at or after ``at`` (all of them for None)."""
+        if at is None:
+            return await self.history(user_id)
+        rows = await self.fetch(
+            "SELECT user_id, version, at, actor, change, state FROM context_history"
+            " WHERE user_id = ? AND at >= ? ORDER BY version",
+            (user_id, at.isoformat()),
+        )
+        return [_history_entry(r) for r in rows]
+
+    async def erasures(self, user_id: str | None = None) -> list[ErasureRecord]:
+        """The erasure log, oldest first: every forget, with no content."""
+        sql = "SELECT user_id, at, actor, request, rows FROM erasures"
+        params: tuple[Any, ...] = ()
+        if user_id is not None:
+            sql += " WHERE user_id = ?"
+            params = (user_id,)
+        rows = await self.fetch(sql + " ORDER BY id", params)
+        return [ErasureRecord(r[0], parse_time("at", r[1]), r[2], r[3], int(r[4])) for r in rows]
+
+    async def database_id(self) -> str:
+        """The id this database got when made (a copy shares it; a rebuilt one gets a new one)."""
+        value = await self.get_meta("database_id")
+        if value is None:
+            raise StorageError(f"database {self.path} has no database id; open it writable once", self.path)
+        return value
 
     async def get_meta(self, key: str) -> str | None:
         rows = await self.fetch("SELECT value FROM meta WHERE key = ?", (key,))
@@ -600,11 +689,36 @@ def memory_statements(memory: Memory, body: str, context: str, session_prev: int
     ]
 
 
-def forget_memory_statements(memory_id: int) -> list[Statement]:
-    return [
-        ("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,)),
-        ("DELETE FROM memories WHERE id = ?", (memory_id,)),
-    ]
+def forget_memories_statements(memory_ids: Sequence[int]) -> list[Statement]:
+    """Delete memories; the next turn of each loses the words it was indexed with from it."""
+    statements: list[Statement] = []
+    for memory_id in memory_ids:
+        statements += [
+            (
+                "UPDATE memories_fts SET context = ''"
+                " WHERE rowid IN (SELECT id FROM memories WHERE session_prev = ?)",
+                (memory_id,),
+            ),
+            ("UPDATE memories SET session_prev = NULL WHERE session_prev = ?", (memory_id,)),
+            ("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,)),
+            ("DELETE FROM memories WHERE id = ?", (memory_id,)),
+        ]
+    return statements
+
+
+def redact_history_statement(user_id: str, version: int, state: str) -> Statement:
+    """Replace one stored history state (only ever to take a forgotten text out of it)."""
+    return (
+        "UPDATE context_history SET state = ? WHERE user_id = ? AND version = ?",
+        (state, user_id, version),
+    )
+
+
+def erasure_statement(user_id: str, at: datetime, actor: str, request: str, rows: int) -> Statement:
+    return (
+        "INSERT INTO erasures (user_id, at, actor, request, rows) VALUES (?, ?, ?, ?, ?)",
+        (user_id, at.isoformat(), actor, request, rows),
+    )
 
 
 def forget_user_statements(user_id: str) -> list[Statement]:

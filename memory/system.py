@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiofiles.os
 import orjson
@@ -21,6 +21,8 @@ import orjson
 from memory import validation
 from memory.autosave import AutoSaver
 from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, freeze_json
+from memory.control import ControlServer
+from memory.erasure import ErasureTarget, redacted_states, without_exchanges
 from memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
@@ -31,7 +33,7 @@ from memory.errors import (
 from memory.group_commit import Statement
 from memory.locks import UserLocks
 from memory.ownership import FolderOwnership
-from memory.records import HistoryEntry, Memory, ScoredMemory
+from memory.records import ErasureRecord, HistoryEntry, Memory, ScoredMemory
 from memory.recovery import (
     DB_NAME,
     INDEX_NAME,
@@ -46,28 +48,39 @@ from memory.settings import Settings, load_settings
 from memory.store import (
     SqliteStore,
     context_statements,
-    forget_memory_statements,
+    erasure_statement,
+    forget_memories_statements,
     forget_user_statements,
     memory_statements,
+    redact_history_statement,
 )
-from memory.transfer import ImportDocument, export_document, read_import
+from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 MAX_FRESH_CONTEXTS = 10_000
 MAX_CACHED_LAST_MEMORIES = 100_000
 
 
-async def wait_for_commit(commit: asyncio.Future[None]) -> bool:
-    """Wait for a commit even through cancellation; True if the caller was cancelled meanwhile."""
+async def wait_for_commit(commit: Awaitable[T]) -> bool:
+    """Wait for ``commit`` to finish even through cancellation; True if the caller was cancelled.
+
+    What has started (a commit, or the cleanup after one) must end as it would have: a caller
+    cancelled meanwhile gets its CancelledError only once it has.
+    """
+    task = asyncio.ensure_future(commit)
     cancelled = False
     while True:
         try:
-            await asyncio.shield(commit)
+            await asyncio.shield(task)
         except asyncio.CancelledError:
-            cancelled = True
-            if not commit.done():
+            if not task.done():
+                cancelled = True
                 continue
-            commit.result()  # raises the commit's own error, if it failed
+            if task.cancelled():
+                raise
+            task.result()  # raises the commit's own error, if it failed
         return cancelled
 
 
@@ -146,6 +159,9 @@ class MemorySystem:
         await self._semantic.start(report)
         self._saver.start()
         self._state = "running"
+        if self._take_ownership:
+            self._control = ControlServer(self, data_dir)
+            await self._control.start()
         self.report = report
         log.info("memory system started: %s", report.to_dict())
         return report
@@ -160,6 +176,9 @@ class MemorySystem:
 
     async def _shutdown(self, *, save: bool) -> None:
         try:
+            control = getattr(self, "_control", None)
+            if control is not None:
+                await control.close()
             semantic = getattr(self, "_semantic", None)
             if semantic is not None:
                 await semantic.close()
@@ -221,11 +240,18 @@ class MemorySystem:
         response: str,
         *,
         display_name: str | None = None,
+        preferences: PreferenceChanges | None = None,
         source_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         actor: str = "api",
     ) -> UserContext:
-        """Count one conversation, raise friendship, keep the exchange (and store it as a memory)."""
+        """Count one conversation, raise friendship, keep the exchange (and store it as a memory).
+
+        One chat message is one change: the display name and the preferences learned from it go
+        in the same version and commit. ``preferences`` is either the changes to make (a value of
+        None removes a key) or a function from the current preferences to those changes, called
+        under the user's lock so that two quick messages each build on the other's result.
+        """
         self._require_running()
         uid = validation.user_id(user_id)
         limits = self.settings.limits
@@ -233,33 +259,68 @@ class MemorySystem:
         response = validation.text("response", response, limits.max_text_length)
         if display_name is not None:
             display_name = validation.display_name(display_name)
+        if preferences is not None and not (callable(preferences) or isinstance(preferences, Mapping)):
+            raise InvalidInputError("preferences", "must be a mapping of changes or a function returning one")
         meta = _metadata(metadata)
         source = validation.source_id(source_id)
         actor = validation.actor(actor)
         async with self._locks.hold(uid):
             now = datetime.now(UTC)
             old = self._current(uid, now)
-            recent = (*old.recent, Exchange(message, response, now))
+            changes = preferences(old.preferences) if callable(preferences) else preferences
+            prefs, pref_change = self._apply_preferences(old.preferences, changes or {})
+            memories: list[Memory] = []
+            if self.settings.retrieval.store_exchanges:
+                # The exchange memory's text: "<name>: <message>\nBot: <response>".
+                name = old.display_name if display_name is None else display_name
+                text = f"{name or uid}: {message}\nBot: {response}"
+                memories.append(self._new_memory(uid, text, "exchange", now, meta, source))
+            exchange = Exchange(message, response, now, memories[0].id if memories else None, source)
+            recent = (*old.recent, exchange)
             new = old.copy_with(
                 display_name=old.display_name if display_name is None else display_name,
                 conversations_count=old.conversations_count + 1,
                 friendship_level=min(MAX_FRIENDSHIP, old.friendship_level + limits.friendship_step),
+                preferences=prefs,
                 recent=recent[-limits.recent_exchanges :] if limits.recent_exchanges else (),
                 last_seen=now,
                 version=old.version + 1,
             )
-            change = {
+            change: dict[str, Any] = {
                 "op": "update_context",
                 "conversations_count": [old.conversations_count, new.conversations_count],
                 "friendship_level": [old.friendship_level, new.friendship_level],
             }
-            memories: list[Memory] = []
-            if self.settings.retrieval.store_exchanges:
-                # The exchange memory's text: "<name>: <message>\nBot: <response>".
-                text = f"{new.display_name or uid}: {message}\nBot: {response}"
-                memories.append(self._new_memory(uid, text, "exchange", now, meta, source))
+            if pref_change:
+                change["preferences"] = pref_change
+            if new.display_name != old.display_name:
+                change["display_name"] = [old.display_name, new.display_name]
             await self._commit(new, now, actor, change, memories)
         return new
+
+    def _apply_preferences(
+        self, current: FrozenMap, changes: Mapping[str, Any]
+    ) -> tuple[FrozenMap, dict[str, list[Any]]]:
+        """The preferences after ``changes`` (None removes), and what changed as [from, to]."""
+        if not isinstance(changes, Mapping):
+            raise InvalidInputError("preferences", "the changes must be a mapping of key to value")
+        if not changes:
+            return current, {}
+        prefs = dict(current)
+        changed: dict[str, list[Any]] = {}
+        for raw_key, value in changes.items():
+            key = validation.text("preference key", raw_key, 64, allow_empty=False)
+            previous = prefs.get(key)
+            if value is None:
+                prefs.pop(key, None)
+            else:
+                prefs[key] = value
+            if previous != prefs.get(key):
+                changed[key] = [previous, prefs.get(key)]
+        limit = self.settings.limits.max_preferences
+        if len(prefs) > max(limit, len(current)):
+            raise InvalidInputError("preferences", f"at most {limit} per user (limits.max_preferences)")
+        return (FrozenMap(prefs) if changed else current), changed
 
     async def set_preference(
         self, user_id: str | int, key: str, value: Any, *, actor: str = "api"
@@ -272,16 +333,9 @@ class MemorySystem:
         async with self._locks.hold(uid):
             now = datetime.now(UTC)
             old = self._current(uid, now)
-            prefs = dict(old.preferences)
-            previous = prefs.get(key)
-            limit = self.settings.limits.max_preferences
-            if value is None:
-                prefs.pop(key, None)  # removing is always allowed, even above the limit
-            elif key not in prefs and len(prefs) >= limit:
-                raise InvalidInputError("preferences", f"at most {limit} per user (limits.max_preferences)")
-            else:
-                prefs[key] = value
-            new = old.copy_with(preferences=FrozenMap(prefs), version=old.version + 1)
+            previous = old.preferences.get(key)
+            prefs, _ = self._apply_preferences(old.preferences, {key: value})
+            new = old.copy_with(preferences=prefs, version=old.version + 1)
             change = {"op": "set_preference", "key": key, "from": previous, "to": value}
             await self._commit(new, now, actor, change, [])
         return new
@@ -344,12 +398,16 @@ class MemorySystem:
         statements = context_statements(new, encoded.decode(), now, actor, change)
         statements += await self._memory_statements(memories)
         cancelled = await self._commit_unit(statements, memories)
+        self._install(new, encoded)
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _install(self, new: UserContext, encoded: bytes) -> None:
+        """Make a committed context the current one (and due in the next snapshot)."""
         self._contexts[new.user_id] = new
         self._encoded[new.user_id] = encoded
         self._fresh.pop(new.user_id, None)
         self._saver.mark_dirty()
-        if cancelled:
-            raise asyncio.CancelledError
 
     async def _memory_statements(self, memories: list[Memory]) -> list[Statement]:
         """Rows for new memories, each linked to the previous one when in the same session."""
@@ -445,56 +503,127 @@ class MemorySystem:
         self._require_running()
         return await self._store.count_memories(validation.user_id(user_id))
 
-    async def forget_memory(self, user_id: str | int, memory_id: int) -> Memory:
-        """Remove one of the user's memories everywhere; another user's id is 'not found'."""
+    async def forget_memory(self, user_id: str | int, memory_id: int, *, actor: str = "api") -> Memory:
+        """Remove one of the user's memories everywhere; another user's id is 'not found'.
+
+        Everywhere means: its row and its terms, the exchange quoting it in ``recent`` and in
+        every stored history state, the snapshot, the index; an erasure record is kept.
+        """
         self._require_running()
         uid = validation.user_id(user_id)
         memory_id = validation.positive_int("memory_id", memory_id)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             found = (await self._store.memories_by_id([memory_id])).get(memory_id)
             if found is None or found.user_id != uid:
                 raise MemoryNotFoundError(uid, memory_id)
-            cancelled = await wait_for_commit(self._store.submit(forget_memory_statements(memory_id)))
-            self._last_memory.pop(uid, None)
-            await self._semantic.forget([memory_id])
-            if cancelled:
-                raise asyncio.CancelledError
+            cancelled, changed = await self._erase(uid, [found], (), "forget_memory", actor)
+        await self._after_erasure(cancelled, snapshot=changed)
         return found
 
-    async def forget_source(self, source_id: str) -> list[Memory]:
-        """Forget the memories made from one source (e.g. a deleted Discord message)."""
+    async def forget_source(self, source_id: str, *, actor: str = "api") -> list[Memory]:
+        """Forget what was made from one source (e.g. a deleted Discord message): its memories
+        and the exchanges that quote it, for whichever users they belong to."""
         self._require_running()
         source = validation.source_id(source_id)
         if source is None:
             raise InvalidInputError("source_id", "must not be empty")
-        rows = await self._store.memories_by_source(source)
-        forgotten = []
-        for memory in rows:
-            try:
-                forgotten.append(await self.forget_memory(memory.user_id, memory.id))
-            except MemoryNotFoundError:
-                continue  # forgotten meanwhile by another call: the outcome is the same
+        actor = validation.actor(actor)
+        users = {memory.user_id for memory in await self._store.memories_by_source(source)}
+        if not self.settings.retrieval.store_exchanges:  # exchanges with no memory to find them by
+            users.update(
+                uid for uid, ctx in self._contexts.items() if any(e.source_id == source for e in ctx.recent)
+            )
+        forgotten: list[Memory] = []
+        cancelled = changed = False
+        for uid in sorted(users):
+            async with self._locks.hold(uid):
+                mine = [m for m in await self._store.memories_by_source(source) if m.user_id == uid]
+                was_cancelled, was_changed = await self._erase(uid, mine, (source,), "forget_source", actor)
+            cancelled, changed = cancelled or was_cancelled, changed or was_changed
+            forgotten += mine
+        if users:
+            await self._after_erasure(cancelled, snapshot=changed)
         return forgotten
 
     async def forget_user(self, user_id: str | int, *, actor: str = "api") -> bool:
-        """Remove everything of the user: context, history, memories, vectors, snapshot entry."""
+        """Remove everything of the user: context, history, memories, vectors, snapshot entry.
+
+        Only the erasure record remains (who asked, when, how many rows; no content).
+        """
         self._require_running()
         uid = validation.user_id(user_id)
         actor = validation.actor(actor)
         async with self._locks.hold(uid):
             ids = await self._store.memory_ids(uid)
-            known = uid in self._contexts or bool(ids)
-            cancelled = await wait_for_commit(self._store.submit(forget_user_statements(uid)))
+            versions = await self._store.version_count(uid)
+            known = uid in self._contexts or bool(ids) or bool(versions)
+            now = datetime.now(UTC)
+            rows = len(ids) + versions + (uid in self._contexts)
+            statements = forget_user_statements(uid)
+            statements.append(erasure_statement(uid, now, actor, "forget_user", rows))
+            cancelled = await wait_for_commit(self._store.submit(statements))
             self._contexts.pop(uid, None)
             self._encoded.pop(uid, None)
             self._fresh.pop(uid, None)
             self._last_memory.pop(uid, None)
             self._saver.mark_dirty()
-            await self._semantic.forget(ids)
-            log.info("forgot user %s (%d memories) at the request of %s", uid, len(ids), actor)
-            if cancelled:
-                raise asyncio.CancelledError
+            cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
+            log.info(
+                "erasure: forgot user %s (%d memories, %d versions) at the request of %s",
+                uid, len(ids), versions, actor,
+            )
+        await self._after_erasure(cancelled, snapshot=True)
         return known
+
+    async def _erase(
+        self, uid: str, memories: list[Memory], sources: tuple[str, ...], request: str, actor: str
+    ) -> tuple[bool, bool]:
+        """Under the user's lock: delete ``memories`` and every exchange quoting them or
+        ``sources``, in one unit. Returns (the caller was cancelled meanwhile, though it all
+        applied; the context changed, so the snapshot quotes what was forgotten)."""
+        target = ErasureTarget.of(memories, sources)
+        now = datetime.now(UTC)
+        statements = forget_memories_statements([m.id for m in memories])
+        # States older than the oldest forgotten exchange cannot quote it; a bare source can
+        # be anywhere in the history.
+        since = target.earliest if not sources or memories else None
+        redactions = redacted_states(await self._store.history_since(uid, since), target)
+        statements += [redact_history_statement(uid, version, state) for version, state in redactions]
+        old = self._contexts.get(uid)
+        kept = without_exchanges(old, target) if old is not None else None
+        new = None
+        if old is not None and kept is not None:
+            new = old.copy_with(recent=kept, version=old.version + 1)
+            change = {"op": "forget", "request": request, "memories": len(memories)}
+            encoded = new.to_json()
+            statements += context_statements(new, encoded.decode(), now, actor, change)
+        redacted = len(redactions)
+        statements.append(erasure_statement(uid, now, actor, request, len(memories) + redacted))
+        cancelled = await wait_for_commit(self._store.submit(statements))
+        if new is not None:
+            self._install(new, encoded)
+        self._last_memory.pop(uid, None)
+        cancelled = await wait_for_commit(self._semantic.forget([m.id for m in memories])) or cancelled
+        log.info(
+            "erasure: %s of user %s (%d memories, %d stored states redacted) at the request of %s",
+            request, uid, len(memories), redacted, actor,
+        )
+        return cancelled, new is not None
+
+    async def _after_erasure(self, cancelled: bool, *, snapshot: bool = False) -> None:
+        """Outside the user lock: purge the deleted rows from the files, and rewrite the snapshot
+        when it quoted what was forgotten; then the caller's own cancellation, if any."""
+        cancelled = await wait_for_commit(self._store.purge_erased()) or cancelled
+        if snapshot:
+            cancelled = await wait_for_commit(self._saver.flush()) or cancelled
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
+        """The erasure log (every forget: who, when, what kind, how many rows; no content)."""
+        self._require_running()
+        return await self._store.erasures(None if user_id is None else validation.user_id(user_id))
 
     async def retrieve_memory(
         self, user_id: str | int, query: str, k: int = 5, *, kinds: Iterable[str] | None = None
@@ -538,9 +667,9 @@ class MemorySystem:
         document = read_import(data, self.settings.limits, datetime.now(UTC))
         uid = document.user_id
         async with self._locks.hold(uid):
-            memories = await self._imported_memories(document)
+            memories, ids = await self._imported_memories(document)
             current = self._contexts.get(uid)
-            imported = document.context
+            imported = None if document.context is None else with_memory_ids(document.context, ids)
             version = current.version if current else 0
             if imported is not None and imported.copy_with(version=version) != current:
                 new = imported.copy_with(version=version + 1)
@@ -551,13 +680,17 @@ class MemorySystem:
                 await self._commit_memories(memories)
         return current if imported is not None else None
 
-    async def _imported_memories(self, document: ImportDocument) -> list[Memory]:
-        """New memories for the export's entries the user does not have yet (under the user lock)."""
-        existing = await self._store.memories(document.user_id)
-        return [
-            self._new_memory(document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id)
-            for m in document.new_memories(existing)
-        ]
+    async def _imported_memories(self, document: ImportDocument) -> tuple[list[Memory], dict[int, int]]:
+        """Under the user lock: new memories for the export's entries the user does not have
+        yet, and the id here of each exported memory (export id -> id)."""
+        fresh, ids = document.match(await self._store.memories(document.user_id))
+        memories = []
+        for m in fresh:
+            memory = self._new_memory(document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id)
+            memories.append(memory)
+            if m.exported_id is not None:
+                ids[m.exported_id] = memory.id
+        return memories, ids
 
     # -- inspection --------------------------------------------------------------------------
 

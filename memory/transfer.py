@@ -9,9 +9,9 @@ nothing the second time.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -41,6 +41,7 @@ class ImportedMemory:
     created_at: datetime
     metadata: FrozenMap
     source_id: str | None
+    exported_id: int | None  # its id in the exporting database, which recent exchanges cite
 
     @property
     def key(self) -> str:
@@ -53,16 +54,32 @@ class ImportDocument:
     context: UserContext | None
     memories: tuple[ImportedMemory, ...]
 
-    def new_memories(self, existing: Iterable[Memory]) -> list[ImportedMemory]:
-        """The memories the user does not have yet; duplicates inside the export are kept as such."""
-        have = Counter(memory_key(m.kind, m.created_at, m.text) for m in existing)
-        fresh = []
+    def match(self, existing: Iterable[Memory]) -> tuple[list[ImportedMemory], dict[int, int]]:
+        """The memories the user does not have yet, and the ids of those it has (export id ->
+        id here). Equal memories inside the export are kept as many as there are."""
+        have: defaultdict[str, deque[int]] = defaultdict(deque)
+        for stored in existing:
+            have[memory_key(stored.kind, stored.created_at, stored.text)].append(stored.id)
+        fresh: list[ImportedMemory] = []
+        ids: dict[int, int] = {}
         for memory in self.memories:
-            if have[memory.key] > 0:
-                have[memory.key] -= 1
-            else:
+            same = have.get(memory.key)
+            if not same:
                 fresh.append(memory)
-        return fresh
+            elif memory.exported_id is not None:
+                ids[memory.exported_id] = same.popleft()
+            else:
+                same.popleft()
+        return fresh, ids
+
+
+def with_memory_ids(context: UserContext, ids: Mapping[int, int]) -> UserContext:
+    """The context with its recent exchanges citing this database's memory ids (None when the
+    exchange's memory was not in the export), so a later forget finds them."""
+    recent = tuple(
+        replace(e, memory_id=ids.get(e.memory_id)) if e.memory_id is not None else e for e in context.recent
+    )
+    return context.copy_with(recent=recent) if recent != context.recent else context
 
 
 def export_document(
@@ -110,6 +127,9 @@ def _read_memory(raw: Any, limits: LimitSettings, now: datetime) -> ImportedMemo
     key = raw.get("key")
     if key is not None and not isinstance(key, str):
         raise InvalidInputError("memory key", f"must be a string, got {type(key).__name__}")
+    exported_id = raw.get("id")
+    if exported_id is not None:
+        exported_id = validation.positive_int("memory id", exported_id)
     return ImportedMemory(
         text=validation.text("memory text", raw.get("text"), limits.max_text_length, allow_empty=False),
         kind=validation.kind(raw.get("kind", "note"), "memory kind"),
@@ -118,4 +138,5 @@ def _read_memory(raw: Any, limits: LimitSettings, now: datetime) -> ImportedMemo
         ),
         metadata=freeze_json(validation.metadata(raw.get("metadata"))),
         source_id=validation.source_id(raw.get("source_id")),
+        exported_id=exported_id,
     )

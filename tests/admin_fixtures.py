@@ -87,20 +87,23 @@ def run_cli(args: Sequence[str], stdin: int | None = subprocess.DEVNULL) -> subp
     )
 
 
-async def write_until(data_dir: Path, stop: Path) -> None:
+async def write_until(data_dir: Path, stop: Path, also: Sequence[str] = ()) -> None:
+    """Updates of "live" (and of each user in ``also``) until ``stop`` exists; prints the count."""
     async with MemorySystem(data_dir, settings=hashing_settings()) as ms:
         acknowledged = 0
         while not stop.exists():
             await ms.update_context("live", f"message number {acknowledged}", "ok", display_name="Live")
+            for user in also:
+                await ms.update_context(user, f"still talking {acknowledged}", "ok")
             acknowledged += 1
             print(acknowledged, flush=True)
     print("closed", flush=True)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["writer"] or len(sys.argv) != 4:
-        sys.exit("usage: python -m tests.admin_fixtures writer DATA_DIR STOP_FILE")
-    asyncio.run(write_until(Path(sys.argv[2]), Path(sys.argv[3])))
+    if sys.argv[1:2] != ["writer"] or len(sys.argv) < 4:
+        sys.exit("usage: python -m tests.admin_fixtures writer DATA_DIR STOP_FILE [ALSO_USER...]")
+    asyncio.run(write_until(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from tests.admin_fixtures import HASHING_CONFIG, REPO, Cli, build_folder, subpro
 class Writer:
     """The writer process of tests/admin_fixtures.py, owning ``data_dir`` until stopped."""
 
-    def __init__(self, data_dir: Path, work: Path) -> None:
+    def __init__(self, data_dir: Path, work: Path, also: Sequence[str] = ()) -> None:
         self.stop_file = work / "stop-writer"
         self.log = work / "writer.err"
         with self.log.open("w") as err:
@@ -33,6 +33,7 @@ class Writer:
                     "writer",
                     str(data_dir),
                     str(self.stop_file),
+                    *also,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=err,
@@ -118,17 +119,36 @@ def test_read_commands_see_what_a_running_owner_committed(cli: Cli, writer: Writ
     assert cli("verify") == 0, cli.out  # closed cleanly: snapshot and index caught up
 
 
-def test_changing_commands_refuse_while_another_process_owns_the_folder(cli: Cli, writer: Writer) -> None:
-    writer.wait_for(1)
-    for argv in (["forget", "bob"], ["rollback", "alice", "1"], ["rebuild-index"]):
-        assert cli(*argv, "--yes") == 1, argv
-        assert f"in use by process {writer.proc.pid}" in cli.err and "--force" in cli.err
-    assert read_json(cli, "show", "bob")["context"] is not None
-
-
-def test_force_runs_beside_the_owner(cli: Cli, writer: Writer) -> None:
+def test_changing_commands_go_through_the_owner(cli: Cli, writer: Writer) -> None:
     acked = writer.wait_for(1)
-    assert cli("forget", "bob", "--yes", "--force") == 0, cli.err
-    assert f"owned by process {writer.proc.pid}" in cli.err
+    assert cli("rollback", "alice", "1", "--yes") == 0, cli.err
+    assert read_json(cli, "show", "alice")["context"]["conversations_count"] == 1
+    assert cli("rebuild-index", "--yes") == 0, cli.err
+    assert cli("forget", "bob", "--yes") == 0, cli.err
     assert cli("show", "bob") == 1
     assert writer.wait_for(acked + 2) >= acked + 2  # the owner is unharmed and keeps writing
+    assert cli("forget", "--force", "bob", "--yes") == 2  # gone: nothing bypasses the owner
+
+
+def test_an_admin_forget_is_not_undone_by_the_owners_next_write(folder: Path, tmp_path: Path, cli: Cli) -> None:
+    """alice keeps talking through the owner; the forget sent to it erases all she said before."""
+    writer = Writer(folder, tmp_path, also=["alice"])
+    try:
+        acked = writer.wait_for(2)
+        assert cli("forget", "alice", "--yes") == 0, cli.err
+        after = writer.wait_for(acked + 3)
+        final = int(writer.stop()[-2])
+    finally:
+        if writer.proc.poll() is None:
+            writer.stop_file.touch()
+            writer.proc.communicate(timeout=120)
+    shown = read_json(cli, "show", "alice")["context"]
+    # Only what she said after the forget: the owner did not write her old context back.
+    assert shown["conversations_count"] <= final - acked
+    assert after > acked and "food" not in shown["preferences"]
+    for name in ("memory.db", "memory.db-wal", "contexts.json"):
+        path = folder / name
+        data = path.read_bytes() if path.exists() else b""
+        assert b"Miso" not in data and b"Alps" not in data, name
+    erasures = read_json(cli, "erasures", "alice")
+    assert [e["request"] for e in erasures] == ["forget_user"] and erasures[0]["actor"] == "admin"

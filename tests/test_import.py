@@ -159,3 +159,24 @@ async def test_import_honours_the_limits_and_changes_nothing(
 
 def without_time(document: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in document.items() if key != "exported_at"}
+
+
+async def test_imported_exchanges_cite_the_memories_of_this_database(
+    ms: MemorySystem, make_system: Callable[..., MemorySystem], tmp_path: Path
+) -> None:
+    export = await person_with_memories(ms)
+    async with make_system(tmp_path / "other") as other:
+        await other.save_memory("carol", "takes id 1 here")  # so the ids differ from the export's
+        ctx = await other.import_user(export)
+        assert ctx is not None and len(ctx.recent) == 10
+        memories = {m.id: m for m in await other.get_memories("alice")}
+        for exchange in ctx.recent:
+            assert exchange.memory_id is not None
+            assert f": {exchange.message}\nBot: {exchange.response}" in memories[exchange.memory_id].text
+        cited = ctx.recent[-1]
+        assert cited.memory_id is not None
+        await other.forget_memory("alice", cited.memory_id)  # the forget finds the exchange
+        after = await other.get_user_context("alice")
+        assert cited.message not in [e.message for e in after.recent]
+        assert await other.import_user(export) is not None
+        assert await other.count_memories("alice") == MEMORIES  # the forgotten one came back

@@ -52,6 +52,11 @@ BAD: dict[str, list[Any]] = {
         ["list"], {"a": 1}, float("nan"), float("inf"), 2**63, -(2**63) - 1,
         "x" * 501, "nul\x00", "lone\ud800", b"bytes", Unprintable(),
     ],
+    "preference_changes": [
+        5, "food=jazz", [("food", "jazz")], {"": "jazz"}, {5: "jazz"}, {"food": ["jazz"]},
+        {"k" * 65: 1}, {"food": "x" * 501}, {f"k{i}": i for i in range(101)},  # limits.max_preferences
+        lambda current: 5, lambda current: {"food": float("nan")},
+    ],
     "positive_int": [0, -1, 2**63, 10**5000, True, 1.0, "1", None, Unprintable()],
     "offset": [-1, 2**63, 10**5000, False, 0.0, "0", None],
     "k": [0, -1, 51, 2**63, True, 2.0, "5", None],
@@ -190,11 +195,12 @@ METHODS = [
             "message": "text",
             "response": "text",
             "display_name": "name",
+            "preferences": "preference_changes",
             "source_id": "source_id",
             "metadata": "metadata",
             "actor": "actor",
         },
-        frozenset({"display_name", "source_id", "metadata"}),
+        frozenset({"display_name", "preferences", "source_id", "metadata"}),
     ),
     Method(
         "set_preference",
@@ -236,10 +242,11 @@ METHODS = [
     Method(
         "forget_memory",
         {"user_id": "alice", "memory_id": 1},
-        {"user_id": "user_id", "memory_id": "positive_int"},
+        {"user_id": "user_id", "memory_id": "positive_int", "actor": "actor"},
     ),
-    Method("forget_source", {"source_id": "msg-1"}, {"source_id": "source_id"}),
+    Method("forget_source", {"source_id": "msg-1"}, {"source_id": "source_id", "actor": "actor"}),
     Method("forget_user", {"user_id": "alice"}, {"user_id": "user_id", "actor": "actor"}),
+    Method("erasures", {}, {"user_id": "user_id"}, frozenset({"user_id"})),
     Method(
         "retrieve_memory",
         {"user_id": "alice", "query": "jazz"},
