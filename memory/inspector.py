@@ -40,7 +40,6 @@ from memory.settings import Settings
 from memory.snapshot import read_snapshot
 from memory.store import ERASURE_SCHEMA, SCHEMA_VERSION, SqliteStore
 from memory.transfer import export_document
-from memory.validation import MEMORY_KINDS
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _EMBEDDING_CHUNK = 500
@@ -262,8 +261,7 @@ class Inspector:
 
     async def memories(self, user_id: str | int, *, limit: int, offset: int = 0) -> MemoryPage:
         limit = validation.positive_int("limit", limit)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidInputError("offset", "must be a whole number >= 0")
+        offset = validation.non_negative_int("offset", offset)
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
             total = await self.store.count_memories(uid)
@@ -303,9 +301,7 @@ class Inspector:
         k = validation.positive_int("k", k)
         if k > cfg.max_k:
             raise InvalidInputError("k", f"must be at most {cfg.max_k} (retrieval.max_k)")
-        kind_set = None if kinds is None else frozenset(kinds)
-        if kind_set is not None and not kind_set <= MEMORY_KINDS:
-            raise InvalidInputError("kinds", f"must be among {sorted(MEMORY_KINDS)}")
+        kind_set = validation.kinds(kinds)
         uid = await self.require_user(user_id)
         index, vector = await self._user_index(uid, query)
         retriever = Retriever(self.store, cfg, _run_inline)
