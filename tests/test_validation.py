@@ -2,8 +2,8 @@
 
 One catalogue of bad values per kind of value; one table of every public method and the kind
 of each of its parameters. Each case calls the method with one bad value (the others valid)
-and compares the whole state before and after: contexts, history, memories, stats counts and
-the rows committed in the database file.
+and compares the whole state before and after: contexts, history, memories, the erasure log,
+stats counts and the rows committed in the database file.
 """
 
 from __future__ import annotations
@@ -284,6 +284,7 @@ async def whole_state(ms: MemorySystem) -> dict[str, Any]:
     state: dict[str, Any] = {
         "users": users,
         "counts": {key: stats[key] for key in ("users", "memories", "history_rows")},
+        "erasures": [record.to_dict() for record in await ms.erasures()],
         "rows": database_rows(ms.data_dir / DB_NAME),
     }
     for uid in users:
