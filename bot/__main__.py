@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("memory.audit").setLevel(logging.INFO)  # erasures are always shown
     try:
         user = ConsoleUser.parse(args.user) if args.user else default_user()
         settings = load_settings(args.config)  # secrets are never read as settings

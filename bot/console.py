@@ -138,11 +138,25 @@ class ConsoleChat:
         elif name == "export":
             filename, payload = await self.actions.export(uid)
             path = Path(rest or filename)
-            await asyncio.to_thread(path.write_bytes, payload)
+            try:
+                await asyncio.to_thread(path.write_bytes, payload)
+            except OSError as exc:
+                raise ActionError(export_failure(path, exc)) from exc
             self.say(f"Your data is in {path} ({len(payload):,} bytes).")
         else:
             self.say(f"I don't know /{name}; /help lists the commands.")
         return True
+
+
+def export_failure(path: Path, exc: OSError) -> str:
+    """One line saying why ``/export`` could not write ``path`` and what to try instead."""
+    if isinstance(exc, IsADirectoryError):
+        problem = "that is a folder; give a file name, e.g. /export my-data.json"
+    elif isinstance(exc, FileNotFoundError):
+        problem = f"the folder {path.parent} does not exist; create it or choose another path"
+    else:
+        problem = f"{exc.strerror or exc}; choose another path"
+    return f"I couldn't write your data to {path}: {problem}."
 
 
 @contextlib.contextmanager

@@ -3,10 +3,15 @@
 The friendship level itself rises in the library (``limits.friendship_step`` per conversation,
 bounded at 100); this module names the tiers and finds preferences such as
 "my favourite food is pizza", "I love jazz" or "call me Sam".
+
+Extraction must not invent: a text is cut into clauses, questions and suppositions are
+dropped ("Do you think I like pizza?"), and each clause is read by the rules of one table,
+``RULES``, each row tested by examples in tests/test_persona.py.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,25 +32,127 @@ TIERS: tuple[tuple[int, str], ...] = (
     (0, "new face"),
 )
 
-_END = r"(?=[.!?,;:\n]|\s+(?:and|but|because|so)\s|$)"
-_NAME = re.compile(
-    r"\b(?:call me|my name is|my name's)\s+([A-Za-z][\w'-]{0,30})(?:\s+([A-Za-z][\w'-]{0,30}))?",
+# A sentence ends at . ! ? or a line break; a clause at , ; : or a conjunction that starts a new
+# thought ("but", "because", "so", or "and" before a new subject): "I love jazz and I hate
+# mornings" is two clauses, "I love jazz and hiking" one.
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_CLAUSE_BREAK = re.compile(
+    r"\s*[,;:]\s*|\s+(?:but|because|cause|cos|so|though|although|while|whereas|since)\s+"
+    r"|\s+and\s+(?=(?:i|i'm|i’m|my|you|we|he|she|they|it|it's|that|this)\b)",
     re.IGNORECASE,
 )
-_FAVOURITE = re.compile(
-    r"\bmy\s+(?:favou?rite|fav)\s+([a-z][a-z ]{0,40}?)\s+(?:is|are|=)\s+(.+?)" + _END,
-    re.IGNORECASE,
+# A clause starting with these asks or supposes ("Do you think I like pizza?", "If I like it"):
+# it states nothing. Fillers before them ("so", "well") are skipped.
+_NOT_STATEMENT_STARTS = frozenset(
+    """
+    do does did would will can could should shall is are am was were may might must
+    don't doesn't didn't wouldn't won't can't couldn't shouldn't isn't aren't wasn't weren't
+    what what's why how who whom whose when where which if unless whether suppose imagine
+    """.split()
 )
-_DISLIKE = re.compile(
-    r"\bi\s+(?:really\s+)?(?:hate|dislike|can't stand|don't like|do not like)\s+(.+?)" + _END,
-    re.IGNORECASE,
+_FILLERS = frozenset("so and but then well oh ok okay hey hmm um uh also anyway honestly".split())
+# Words after "call me" / "I'm" that are not names ("call me maybe", "I'm Back").
+_NOT_NAMES = frozenset(
+    """
+    a an the not so very just here there back later maybe tomorrow tonight today now soon
+    sometime anytime anything whenever when if please again crazy old-fashioned sure fine good
+    ok okay sorry tired happy sad busy bored hungry ready done new home well great
+    """.split()
 )
-_LIKE = re.compile(
-    r"\bi\s+(?:really\s+|also\s+|just\s+)?(?:love|like|enjoy|adore)\s+(.+?)" + _END,
-    re.IGNORECASE,
+# Objects of like / dislike that are not things: "I hate that my sister lives so far away",
+# "I like it", "I love you", "I like to swim", "I hate when it rains".
+_NOT_OBJECTS = frozenset(
+    """
+    it that this you them him her to when how what if where why who being myself yourself
+    """.split()
 )
-_NOT_LIKES = frozenset({"it", "that", "this", "you", "them", "him", "her", "to"})
-_NOT_NAMES = frozenset({"a", "an", "the", "not", "so", "very", "just", "here", "back", "later"})
+_WORD = r"[A-Za-z][\w'’-]{0,30}"
+_NAME_WORD = r"[A-Z][\w'’-]{0,30}"  # capitalised, as typed
+_ITEM_SEPARATOR = re.compile(r"\s+(?:and|&)\s+|\s*&\s*", re.IGNORECASE)
+
+
+class ValueKind(enum.Enum):
+    """How a rule's ``value`` group becomes preference values."""
+
+    NAME = "a name: its words capitalised, at most two"
+    TEXT = "free text, kept whole"
+    ITEMS = "a list: 'jazz and hiking' is two items"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One way people state a preference, matched within one clause.
+
+    ``key`` may name the pattern's ``subject`` group ("favourite {subject}"); the ``value``
+    group is read as ``kind`` says.
+    """
+
+    name: str
+    key: str
+    pattern: re.Pattern[str]
+    kind: ValueKind
+
+    def find(self, clause: str) -> list[tuple[tuple[int, int], list[Preference]]]:
+        """(span, preferences) for every statement of this rule in ``clause``."""
+        found = []
+        for match in self.pattern.finditer(clause):
+            subject = " ".join((match.groupdict().get("subject") or "").lower().split())
+            key = self.key.format(subject=subject)[:64]
+            values = _read_value(match.group("value"), self.kind)
+            found.append((match.span(), [Preference(key, value) for value in values]))
+        return found
+
+
+# Every rule in one place, tried in this order; a later rule never re-reads a span an earlier
+# one matched ("I don't like rain" is a dislike, not also a like). tests/test_persona.py has
+# examples for each row.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "name",
+        NAME_KEY,
+        re.compile(
+            r"(?<!n't )(?<!n’t )(?<!not )(?<!never )\b(?:call me|my name is|my name's)\s+"
+            rf"(?P<value>{_WORD}(?:\s+{_WORD})?)",
+            re.IGNORECASE,
+        ),
+        ValueKind.NAME,
+    ),
+    Rule(
+        # Only a capitalised name closing the clause: "I'm Sam", not "I'm tired" or "I'm going".
+        "introduction",
+        NAME_KEY,
+        re.compile(rf"(?i:\bi(?:'m|’m|\s+am))\s+(?P<value>{_NAME_WORD}(?:\s+{_NAME_WORD})?)\s*$"),
+        ValueKind.NAME,
+    ),
+    Rule(
+        "favourite",
+        "favourite {subject}",
+        re.compile(
+            r"\bmy\s+(?:favou?rite|fav)\s+(?P<subject>[a-z][a-z ]{0,40}?)\s+(?:is|are|=)\s+(?P<value>.+)",
+            re.IGNORECASE,
+        ),
+        ValueKind.TEXT,
+    ),
+    Rule(
+        "dislike",
+        DISLIKES_KEY,
+        re.compile(
+            r"\bi\s+(?:really\s+|also\s+|just\s+)?"
+            r"(?:hate|dislike|detest|can[’']t stand|cannot stand|don[’']t like|do not like)\s+(?P<value>.+)",
+            re.IGNORECASE,
+        ),
+        ValueKind.ITEMS,
+    ),
+    Rule(
+        "like",
+        LIKES_KEY,
+        re.compile(
+            r"\bi\s+(?:really\s+|also\s+|just\s+)?(?:love|like|enjoy|adore)\s+(?P<value>.+)",
+            re.IGNORECASE,
+        ),
+        ValueKind.ITEMS,
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,33 +172,56 @@ def _clean(value: str) -> str:
     return value[:MAX_VALUE_LENGTH].rstrip()
 
 
+def _first_word(text: str) -> str:
+    words = text.lower().replace("’", "'").split()
+    return words[0] if words else ""
+
+
+def _read_value(raw: str, kind: ValueKind) -> list[str]:
+    if kind is ValueKind.NAME:
+        words = [_clean(word) for word in raw.split()]
+        if not words or not words[0] or words[0].lower() in _NOT_NAMES:
+            return []
+        # A lower-case second word is not a surname: "call me sam please".
+        kept = words[:1] + [w for w in words[1:2] if w[:1].isupper() and w.lower() not in _NOT_NAMES]
+        name = " ".join(kept)
+        return [name[:1].upper() + name[1:]]
+    if kind is ValueKind.TEXT:
+        value = _clean(raw)
+        return [value] if value else []
+    items = [_clean(item) for item in _ITEM_SEPARATOR.split(raw)]
+    if not items or _first_word(items[0]) in _NOT_OBJECTS or items[0].lower().startswith("the fact"):
+        return []
+    return [item for item in items if item and _first_word(item) not in _NOT_OBJECTS]
+
+
+def clauses(text: str) -> list[str]:
+    """The statements in ``text``: its clauses, without the questions and suppositions."""
+    kept = []
+    for sentence in _SENTENCE.findall(text):
+        asks = sentence.rstrip().endswith("?")
+        parts = [p for p in _CLAUSE_BREAK.split(sentence.strip().rstrip(".!?").strip()) if p.strip()]
+        for i, part in enumerate(parts):
+            if asks and i == len(parts) - 1:
+                continue  # the clause the question mark closes: "I love jazz, do you?"
+            words = part.lower().replace("’", "'").split()
+            while words and words[0] in _FILLERS:
+                words.pop(0)
+            if words and words[0] not in _NOT_STATEMENT_STARTS:
+                kept.append(part.strip())
+    return kept
+
+
 def extract_preferences(text: str) -> list[Preference]:
-    """Preferences stated in ``text``, in the order found; nothing when none is stated."""
+    """Preferences stated in ``text``, in the order stated; nothing when none is stated."""
     found: list[Preference] = []
-    for match in _NAME.finditer(text):
-        name = _clean(match.group(1))
-        surname = match.group(2)
-        if surname and surname[0].isupper():
-            name = f"{name} {_clean(surname)}"
-        if name and name.split()[0].lower() not in _NOT_NAMES:
-            found.append(Preference(NAME_KEY, name[:1].upper() + name[1:]))
-    for match in _FAVOURITE.finditer(text):
-        subject = " ".join(match.group(1).lower().split())
-        value = _clean(match.group(2))
-        if subject and value:
-            found.append(Preference(f"favourite {subject}"[:64], value))
-    disliked_spans = []
-    for match in _DISLIKE.finditer(text):
-        disliked_spans.append(match.span())
-        value = _clean(match.group(1))
-        if value:
-            found.append(Preference(DISLIKES_KEY, value))
-    for match in _LIKE.finditer(text):
-        if any(start <= match.start() < end for start, end in disliked_spans):
-            continue
-        value = _clean(match.group(1))
-        if value and value.split()[0].lower() not in _NOT_LIKES:
-            found.append(Preference(LIKES_KEY, value))
+    for clause in clauses(text):
+        taken: list[tuple[int, int]] = []
+        for rule in RULES:
+            for (start, end), prefs in rule.find(clause):
+                if prefs and not any(start < e and s < end for s, e in taken):
+                    taken.append((start, end))
+                    found += prefs
     return found
 
 

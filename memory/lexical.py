@@ -22,7 +22,7 @@ import hashlib
 import math
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # Words that carry no topic; BM25 would still reward them, and they cost MATCH time.
 STOP_WORDS = frozenset(
@@ -103,6 +103,24 @@ def query_terms(user_id: str, text: str) -> list[str]:
     kept = [w for w in found if w not in STOP_WORDS] or found
     key = user_key(user_id)
     return list(dict.fromkeys(key + _term(w) for w in kept))
+
+
+# SQLite refuses a compound SELECT of more than 500 parts (SQLITE_MAX_COMPOUND_SELECT) and the
+# lexical search is one part per term plus one; past a few dozen rare terms BM25's order barely
+# moves, while every term costs a posting-list read.
+MAX_QUERY_TERMS = 64
+
+
+def informative_terms(terms: Sequence[str], hits: Sequence[int], limit: int = MAX_QUERY_TERMS) -> list[str]:
+    """At most ``limit`` of ``terms``, in query order: those the user's rows hold, rarest first.
+
+    ``hits[i]`` is how many of the user's memories hold ``terms[i]``. A term no memory holds adds
+    nothing to any score, so dropping those never changes a result; past that the terms with
+    the highest user IDF (the fewest hits, ``user_idf``) are kept, ties to the earlier word.
+    """
+    held = [i for i in range(len(terms)) if hits[i] > 0]
+    kept = sorted(sorted(held, key=lambda i: hits[i])[:limit])
+    return [terms[i] for i in kept]
 
 
 # FTS5's BM25 gives a term the IDF log((N - n + 0.5) / (n + 0.5)), at least 1e-6, where N counts

@@ -20,7 +20,7 @@ def holder_pid(lock_path: Path) -> int | None:
     """The pid written by the owner, or None if the folder is not owned right now."""
     try:
         fd = os.open(lock_path, os.O_RDONLY)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no lock file, or no folder to hold one
         return None
     try:
         try:

@@ -23,7 +23,7 @@ from memory.coalesce import Coalesced
 from memory.context import UserContext, freeze_json, parse_time
 from memory.errors import StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
-from memory.lexical import read_varint, user_bm25, user_terms
+from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25, user_terms
 from memory.records import ErasureRecord, HistoryEntry, Memory
 
 log = logging.getLogger(__name__)
@@ -503,13 +503,17 @@ class SqliteStore:
         user's memories holding any of ``terms`` (from ``lexical.query_terms``).
 
         One statement: the user's row count, FTS5's row count, then one single-term branch per
-        term, each joined to the user's ids (the join, not the term, decides ownership).
+        term, each joined to the user's ids (the join, not the term, decides ownership). A query
+        of more than ``MAX_QUERY_TERMS`` terms is first cut to its most informative ones
+        (``lexical.informative_terms``), which costs one more statement.
         """
+        if len(terms) > MAX_QUERY_TERMS:  # else the statement would pass SQLite's compound limit
+            terms = informative_terms(terms, await self._term_hits(user_id, terms))
         if not terms:
             return []
         params: list[Any] = [user_id]
         for term in terms:
-            params += [context_weight, user_id, '"' + term.replace('"', '""') + '"']
+            params += [context_weight, user_id, _fts_phrase(term)]
         rows = await self.fetch(_lexical_sql(len(terms), kinds is not None), params)
         _, user_rows, averages, _ = rows[0]
         per_term: list[list[tuple[int, float]]] = [[] for _ in terms]
@@ -522,6 +526,13 @@ class SqliteStore:
             wanted = set(kinds)
             scores = {mid: score for mid, score in scores.items() if kind_of[mid] in wanted}
         return sorted(scores.items(), key=lambda item: (-item[1], -item[0]))[:limit]
+
+    async def _term_hits(self, user_id: str, terms: Sequence[str]) -> list[int]:
+        """How many of the user's memories hold each term, in one statement of any length."""
+        phrases = orjson.dumps([_fts_phrase(term) for term in terms]).decode()
+        rows = await self.fetch(_TERM_HITS_SQL, (user_id, phrases))
+        counts = {int(key): int(count) for key, count in rows}
+        return [counts[i] for i in range(len(terms))]
 
     async def last_memory(self, user_id: str) -> Memory | None:
         rows = await self.fetch(
@@ -627,6 +638,18 @@ INSERT_MEMORY = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_FTS = "INSERT INTO memories_fts (rowid, body, context) VALUES (?, ?, ?)"
+
+
+def _fts_phrase(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+# A correlated subquery per term over json_each, not a compound SELECT: no limit on the terms.
+_TERM_HITS_SQL = (
+    "SELECT j.key, (SELECT count(*) FROM memories_fts"
+    " CROSS JOIN memories m INDEXED BY memories_by_user ON m.user_id = ? AND m.id = memories_fts.rowid"
+    " WHERE memories_fts MATCH j.value) FROM json_each(?) j"
+)
 
 
 @functools.lru_cache(maxsize=128)

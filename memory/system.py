@@ -26,6 +26,7 @@ from memory.erasure import ErasureTarget, redacted_states, without_exchanges
 from memory.errors import (
     InvalidInputError,
     MemoryNotFoundError,
+    StorageError,
     SystemClosedError,
     UserNotFoundError,
     VersionNotFoundError,
@@ -57,6 +58,9 @@ from memory.store import (
 from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
 log = logging.getLogger(__name__)
+# Erasures are logged here at INFO, a level the bot shows by default: an operator can prove
+# a deletion request was honoured (the line names the user, the request and the counts only).
+audit = logging.getLogger("memory.audit")
 T = TypeVar("T")
 PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 MAX_FRESH_CONTEXTS = 10_000
@@ -75,13 +79,27 @@ async def wait_for_commit(commit: Awaitable[T]) -> bool:
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not task.done():
-                cancelled = True
-                continue
-            if task.cancelled():
+            if task.done() and task.cancelled():
                 raise
+            cancelled = True  # even if the task ended in the same step: the caller asked to stop
+            if not task.done():
+                continue
             task.result()  # raises the commit's own error, if it failed
         return cancelled
+
+
+def _data_dir_error(data_dir: Path, exc: OSError) -> StorageError:
+    """Why the data folder cannot be made, naming the path in the way and what to do."""
+    blocker = next((p for p in (data_dir, *data_dir.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        problem = f"{blocker} is a file, not a folder; move it aside"
+    else:
+        problem = f"{exc.strerror or exc}; fix the permissions or create the folder"
+    return StorageError(
+        f"cannot create the data folder {data_dir}: {problem}, "
+        "or choose another one (--data-dir or storage.data_dir)",
+        data_dir,
+    )
 
 
 class MemorySystem:
@@ -131,7 +149,10 @@ class MemorySystem:
             self.settings = load_settings(self._config_file)
         data_dir = Path(self._given_data_dir or self.settings.storage.data_dir)
         self.data_dir = data_dir
-        await aiofiles.os.makedirs(data_dir, exist_ok=True)
+        try:
+            await aiofiles.os.makedirs(data_dir, exist_ok=True)
+        except OSError as exc:
+            raise _data_dir_error(data_dir, exc) from exc
         if self._take_ownership:
             self._ownership = FolderOwnership(data_dir)
             self._ownership.acquire()
@@ -255,8 +276,8 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         limits = self.settings.limits
-        message = validation.text("message", message, limits.max_text_length)
-        response = validation.text("response", response, limits.max_text_length)
+        message = validation.text("message", message, limits.max_text_length, allow_empty=False)
+        response = validation.text("response", response, limits.max_text_length, allow_empty=False)
         if display_name is not None:
             display_name = validation.display_name(display_name)
         if preferences is not None and not (callable(preferences) or isinstance(preferences, Mapping)):
@@ -569,7 +590,7 @@ class MemorySystem:
             self._last_memory.pop(uid, None)
             self._saver.mark_dirty()
             cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
-            log.info(
+            audit.info(
                 "erasure: forgot user %s (%d memories, %d versions) at the request of %s",
                 uid, len(ids), versions, actor,
             )
@@ -605,7 +626,7 @@ class MemorySystem:
             self._install(new, encoded)
         self._last_memory.pop(uid, None)
         cancelled = await wait_for_commit(self._semantic.forget([m.id for m in memories])) or cancelled
-        log.info(
+        audit.info(
             "erasure: %s of user %s (%d memories, %d stored states redacted) at the request of %s",
             request, uid, len(memories), redacted, actor,
         )

@@ -18,6 +18,7 @@ import discord.ext.test as dpytest
 import discord.http as dhttp
 import pytest
 from discord.ext.test import backend
+from discord.ext.test import state as dstate
 
 from bot.app import MemoryBot, bot_intents
 from bot.responder import ReplyRequest, Responder
@@ -62,11 +63,11 @@ class RecordingHttp(backend.FakeHttp):
         super().__init__(loop=loop)
         self.payloads: list[dict[str, Any]] = []
 
-    async def send_message(self, channel_id: int, *, params: dhttp.MultipartParameters) -> Any:
+    async def send_message(self, channel_id: str | int, *, params: dhttp.MultipartParameters) -> Any:
         # dpytest reads ``channel`` from its caller's frame; keep it visible one level up.
         channel = sys._getframe(1).f_locals.get("channel")  # noqa: F841
         self.payloads.append(dict(params.payload or {}))
-        return await super().send_message(channel_id, params=params)
+        return await super().send_message(int(channel_id), params=params)
 
 
 BotFactory = Callable[..., Awaitable[MemoryBot]]
@@ -96,6 +97,7 @@ async def make_bot(tmp_path: Path) -> AsyncIterator[BotFactory]:
         dpytest.configure(client, text_channels=text_channels or ["general"], members=["alice", "bob"])
         loop = asyncio.get_running_loop()
         http = RecordingHttp(loop)
+        assert isinstance(client._connection, dstate.FakeState)  # dpytest.configure installed it
         http.state = client._connection
         client.http = http
         client._connection.http = http

@@ -375,6 +375,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             "users",
             "show",
             "history",
+            "erasures",
             "memories",
             "search",
             "stats",

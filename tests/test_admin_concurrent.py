@@ -130,7 +130,9 @@ def test_changing_commands_go_through_the_owner(cli: Cli, writer: Writer) -> Non
     assert cli("forget", "--force", "bob", "--yes") == 2  # gone: nothing bypasses the owner
 
 
-def test_an_admin_forget_is_not_undone_by_the_owners_next_write(folder: Path, tmp_path: Path, cli: Cli) -> None:
+def test_an_admin_forget_is_not_undone_by_the_owners_next_write(
+    folder: Path, tmp_path: Path, cli: Cli
+) -> None:
     """alice keeps talking through the owner; the forget sent to it erases all she said before."""
     writer = Writer(folder, tmp_path, also=["alice"])
     try:

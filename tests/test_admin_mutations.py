@@ -48,6 +48,7 @@ def test_forget_leaves_nothing_of_the_user(cli: Cli, folder: Path) -> None:
     snapshot_users = {u["user_id"] for u in read_snapshot(folder / "contexts.json")}
     assert snapshot_users == {"bob"}
     index = faiss.read_index(str(folder / "vectors.faiss"))
+    assert isinstance(index, faiss.IndexIDMap)
     indexed = set(faiss.vector_to_array(index.id_map).tolist())
     assert indexed and not indexed & set(ids)
     assert cli("verify") == 0, cli.out

@@ -99,7 +99,7 @@ async def test_the_bot_never_pings_and_reads_message_content(tmp_path: Path) -> 
     memory = MemorySystem(tmp_path, settings=settings, encoder=HashingEncoder())
     bot = MemoryBot(memory, settings)
     assert bot.allowed_mentions is not None
-    assert bot.allowed_mentions.to_dict() == {"parse": []}
+    assert dict(bot.allowed_mentions.to_dict()) == {"parse": []}
     assert bot.intents.message_content
     await bot.close()  # never started: closing is still clean
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import discord
 import discord.ext.test as dpytest
 import pytest
 from discord.ext import commands
@@ -140,7 +141,7 @@ async def test_export_in_a_guild_goes_to_dms(
     await bot.memory.save_memory(member(0).id, "alice's note")
     await dpytest.message("!export", member=member(0))
     private, public = sent_messages()
-    assert private.attachments and private.channel.type.name == "private"
+    assert private.attachments and private.channel.type is discord.ChannelType.private
     assert public.content == "I've sent your data to your DMs." and not public.attachments
 
 

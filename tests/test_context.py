@@ -34,7 +34,7 @@ def test_preferences_cannot_be_mutated() -> None:
     with pytest.raises(TypeError):
         del ctx.preferences["food"]  # type: ignore[attr-defined]
     with pytest.raises(TypeError):
-        ctx.preferences._data = {}  # type: ignore[misc]
+        ctx.preferences._data = {}
     assert ctx.preferences["food"] == "pizza"
 
 
@@ -86,7 +86,7 @@ def test_contexts_are_hashable_and_compare_by_value() -> None:
 text = st.text(max_size=40)
 times = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
 no_nul = st.text(
-    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=40
 )
 pref_values = st.one_of(
     no_nul,

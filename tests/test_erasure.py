@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -46,8 +47,8 @@ def leaked_words(data_dir: Path) -> list[str]:
 async def index_ids(ms: MemorySystem) -> set[int]:
     """The memory ids whose vectors are in the index file on disk (read after a close)."""
     raw = (ms.data_dir / "vectors.faiss").read_bytes()
-    index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
-    return set(faiss.vector_to_array(faiss.downcast_index(index).id_map).tolist())
+    index: Any = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))  # an IndexIDMap2
+    return set(faiss.vector_to_array(index.id_map).tolist())
 
 
 async def test_a_forgotten_message_is_gone_from_every_file_and_view(
@@ -86,7 +87,7 @@ async def test_forget_memory_and_forget_user_purge_the_terms(
         await ms.save_memory("bo", "an ordinary note about tea", kind="note")
         await ms.save_memory("cy", "Cy keeps bees", kind="fact")
         assert leaked_words(ms.data_dir)
-        with caplog.at_level(logging.INFO, logger="memory"):
+        with caplog.at_level(logging.INFO, logger="memory.audit"):
             await ms.forget_memory("bo", note.id, actor="tester")
         assert leaked_words(ms.data_dir) == []
         assert any("erasure: forget_memory of user bo" in r.getMessage() for r in caplog.records)
@@ -107,26 +108,38 @@ async def test_forget_memory_and_forget_user_purge_the_terms(
 async def test_a_cancellation_after_the_commit_still_removes_the_vectors(
     make_system: Callable[..., MemorySystem],
 ) -> None:
-    """Cancelled once its delete committed, the forget still takes the vectors out, also from an
-    index being rebuilt meanwhile; close() then saves no vector of it."""
+    """Cancelled once its delete committed (while a rebuild holds the index, so the forget is
+    still waiting to remove the vectors), the forget still takes them out of the index being
+    rebuilt; close() then saves no vector of it."""
     ms = make_system()
+    forgotten: list[int] = []
     async with ms:
-        memories = [await ms.save_memory("di", f"note number {n} {SECRET}") for n in range(30)]
+        memories = await asyncio.gather(*(ms.save_memory("di", f"note {n} {SECRET}") for n in range(1500)))
         await ms.retrieve_memory("di", "note")
-        target = memories[7]
-        rebuild = asyncio.create_task(ms.rebuild_index())
-        forget = asyncio.create_task(ms.forget_memory("di", target.id))
-        while any(m.id == target.id for m in await ms.get_memories("di")):
-            await asyncio.sleep(0)  # until the delete has committed
-        forget.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await forget
-        await rebuild
-        found = await ms.retrieve_memory("di", f"note number 7 {SECRET}", 50)
-        assert target.id not in {r.memory.id for r in found}
-        assert len(found) == 29
-    assert target.id not in await index_ids(ms)
-    assert len(await index_ids(ms)) == 29
+        for target in memories[:10]:
+            before = await ms.count_memories("di")
+            rebuild = asyncio.create_task(ms.rebuild_index())
+            await asyncio.sleep(0)  # the rebuild takes the index lock first
+            forget = asyncio.create_task(ms.forget_memory("di", target.id))
+            while await ms.count_memories("di") == before:
+                await asyncio.sleep(0)  # until the delete has committed
+            in_window = not forget.done()
+            forget.cancel()
+            if in_window:
+                with pytest.raises(asyncio.CancelledError):
+                    await forget
+            else:
+                await forget
+            await rebuild
+            forgotten.append(target.id)
+            if in_window:
+                break
+        assert in_window, "no forget was caught between its commit and its index removal"
+        found = await ms.retrieve_memory("di", "note", 50)
+        assert not set(forgotten) & {r.memory.id for r in found}
+    on_disk = await index_ids(ms)
+    assert not set(forgotten) & on_disk
+    assert len(on_disk) == 1500 - len(forgotten)
 
 
 def test_after_forget_user_and_kill_9_the_restart_drops_the_vectors_from_the_file(

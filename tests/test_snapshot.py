@@ -60,10 +60,9 @@ async def test_auto_save_coalesces_many_changes_into_few_writes(
 ) -> None:
     async with make_system(storage={"save_interval": 3600}) as ms:
         await ms.update_context("first", "hi", "hello")
-        saved = asyncio.Event()
-        while (await ms.stats())["saves"] < 1:  # the first save of a new folder is immediate
-            await asyncio.sleep(0.01)
-        saved.set()
+        async with asyncio.timeout(30):  # the first save of a new folder is immediate
+            while (await ms.stats())["saves"] < 1:
+                await asyncio.sleep(0.01)
         for i in range(200):
             await ms.update_context(f"u{i}", "hi", "hello")
         stats = await ms.stats()
