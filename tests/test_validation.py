@@ -43,7 +43,6 @@ BAD: dict[str, list[Any]] = {
         "", "   ", "\t\n", "x" * 129, "bad\nid", "nul\x00", "lone\ud800",
         10**128, 10**200, 10**5000, -1, True, None, 3.5, b"alice", ["alice"], Unprintable(),
     ],
-    "text": _TEXT_BAD,
     "required_text": [*_TEXT_BAD, "", "   \n"],
     "name": [5, b"Al", "x" * 101, "nul\x00", "lone\ud800", ["Al"]],
     "required_name": [None, 5, "x" * 101, "nul\x00", "", "   "],
@@ -192,8 +191,8 @@ METHODS = [
         {"user_id": "alice", "message": "m", "response": "r"},
         {
             "user_id": "user_id",
-            "message": "text",
-            "response": "text",
+            "message": "required_text",
+            "response": "required_text",
             "display_name": "name",
             "preferences": "preference_changes",
             "source_id": "source_id",
