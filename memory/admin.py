@@ -36,7 +36,7 @@ from memory import (
 from memory.inspector import FAIL, USER_SORTS, Inspector, UserView, open_encoder, stored_model_of
 from memory.ownership import LOCK_NAME, holder_pid
 from memory.records import ErasureRecord
-from memory.system import MEMORY_KINDS
+from memory.validation import MEMORY_KINDS
 
 PROG = "memory-admin"
 TEXT_WIDTH = 60

@@ -84,21 +84,25 @@ def thaw_json(value: Any) -> Any:
     return value
 
 
-def utc(value: datetime) -> datetime:
+def utc(value: datetime, field: str = "time") -> datetime:
     """Aware UTC time; naive times are taken as UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. datetime.max at UTC-5
+        raise InvalidInputError(field, f"{value.isoformat()} is out of range: it has no UTC form") from exc
 
 
 def parse_time(field: str, value: Any) -> datetime:
     if isinstance(value, datetime):
-        return utc(value)
+        return utc(value, field)
     if isinstance(value, str):
         try:
-            return utc(datetime.fromisoformat(value))
+            parsed = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise InvalidInputError(field, f"must be an ISO 8601 time, got {value!r}") from exc
+            raise InvalidInputError(field, f"must be an ISO 8601 time, got {value!r:.80}") from exc
+        return utc(parsed, field)
     raise InvalidInputError(field, f"must be a datetime, got {type(value).__name__}")
 
 
@@ -129,20 +133,20 @@ class Exchange:
     def from_dict(cls, data: Mapping[str, Any]) -> Exchange:
         if not isinstance(data, Mapping):
             raise InvalidInputError("recent", f"an exchange must be an object, got {type(data).__name__}")
-        try:
-            memory_id = data.get("memory_id")
-            source_id = data.get("source_id")
-            if memory_id is not None and (isinstance(memory_id, bool) or not isinstance(memory_id, int)):
-                raise InvalidInputError("recent", "an exchange's memory_id must be a whole number")
-            return cls(
-                str(data["message"]),
-                str(data["response"]),
-                parse_time("at", data["at"]),
-                memory_id,
-                None if source_id is None else str(source_id),
-            )
-        except KeyError as exc:
-            raise InvalidInputError("recent", f"an exchange lacks {exc.args[0]!r}") from exc
+        missing = {"message", "response", "at"} - set(data)
+        if missing:
+            raise InvalidInputError("recent", f"an exchange lacks {sorted(missing)}")
+        for name in ("message", "response"):  # their content is checked where they come in
+            if not isinstance(data[name], str):
+                got = type(data[name]).__name__
+                raise InvalidInputError(f"recent {name}", f"must be a string, got {got}")
+        memory_id = data.get("memory_id")
+        if memory_id is not None and (isinstance(memory_id, bool) or not isinstance(memory_id, int)):
+            raise InvalidInputError("recent", "an exchange's memory_id must be a whole number")
+        source_id = data.get("source_id")
+        if source_id is not None and not isinstance(source_id, str):
+            raise InvalidInputError("recent", "an exchange's source_id must be a string")
+        return cls(data["message"], data["response"], parse_time("at", data["at"]), memory_id, source_id)
 
 
 def _check_preference(key: Any, value: Any) -> None:
@@ -261,6 +265,8 @@ class UserContext:
         recent = data["recent"]
         if not isinstance(recent, list | tuple):
             raise InvalidInputError("recent", "must be a list")
+        if not isinstance(data["preferences"], Mapping):
+            raise InvalidInputError("preferences", "must be an object")
         return cls(
             user_id=data["user_id"],
             display_name=data["display_name"],

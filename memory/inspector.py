@@ -41,7 +41,7 @@ from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.snapshot import read_snapshot
 from memory.store import ERASURE_SCHEMA, SCHEMA_VERSION, SqliteStore
-from memory.system import EXPORT_FORMAT, MEMORY_KINDS
+from memory.transfer import export_document
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 _EMBEDDING_CHUNK = 500
@@ -252,8 +252,7 @@ class Inspector:
 
     async def memories(self, user_id: str | int, *, limit: int, offset: int = 0) -> MemoryPage:
         limit = validation.positive_int("limit", limit)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidInputError("offset", "must be a whole number >= 0")
+        offset = validation.non_negative_int("offset", offset)
         async with self._read_snapshot():
             uid = await self.require_user(user_id)
             total = await self.store.count_memories(uid)
@@ -267,14 +266,7 @@ class Inspector:
             context = await self._context(uid)
             history = await self.store.history(uid)
             memories = await self.store.memories(uid)
-        return {
-            "format": EXPORT_FORMAT,
-            "user_id": uid,
-            "exported_at": datetime.now(UTC).isoformat(),
-            "context": context.to_dict() if context else None,
-            "history": [entry.to_dict() for entry in history],
-            "memories": [memory.to_dict() for memory in memories],
-        }
+        return export_document(uid, context, history, memories)
 
     async def stored_model(self) -> str | None:
         """The embedding model that made the stored embeddings."""
@@ -298,9 +290,7 @@ class Inspector:
         k = validation.positive_int("k", k)
         if k > cfg.max_k:
             raise InvalidInputError("k", f"must be at most {cfg.max_k} (retrieval.max_k)")
-        kind_set = None if kinds is None else frozenset(kinds)
-        if kind_set is not None and not kind_set <= MEMORY_KINDS:
-            raise InvalidInputError("kinds", f"must be among {sorted(MEMORY_KINDS)}")
+        kind_set = validation.kinds(kinds)
         uid = await self.require_user(user_id)
         index, vector = await self._user_index(uid, query)
         retriever = Retriever(self.store, cfg, _run_inline)

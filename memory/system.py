@@ -16,11 +16,10 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import aiofiles.os
-import orjson
 
 from memory import validation
 from memory.autosave import AutoSaver
-from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, freeze_json, parse_time
+from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, freeze_json
 from memory.control import ControlServer
 from memory.erasure import ErasureTarget, redacted_states, without_exchanges
 from memory.errors import (
@@ -56,6 +55,7 @@ from memory.store import (
     memory_statements,
     redact_history_statement,
 )
+from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
 log = logging.getLogger(__name__)
 # Erasures are logged here at INFO, a level the bot shows by default: an operator can prove
@@ -65,8 +65,6 @@ T = TypeVar("T")
 PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 MAX_FRESH_CONTEXTS = 10_000
 MAX_CACHED_LAST_MEMORIES = 100_000
-MEMORY_KINDS = frozenset({"exchange", "fact", "note"})
-EXPORT_FORMAT = "memory-bot-user-export/1"
 
 
 async def wait_for_commit(commit: Awaitable[T]) -> bool:
@@ -116,7 +114,10 @@ class MemorySystem:
         encoder: Any = None,
         take_ownership: bool = True,
     ) -> None:
-        self._take_ownership = take_ownership
+        data_dir = validation.path("data_dir", data_dir)
+        settings = validation.settings(settings)
+        config_file = validation.path("config_file", config_file)
+        self._take_ownership = validation.flag("take_ownership", take_ownership)
         self._given_settings = settings
         self._config_file = config_file
         self._given_data_dir = data_dir
@@ -278,11 +279,12 @@ class MemorySystem:
         message = validation.text("message", message, limits.max_text_length, allow_empty=False)
         response = validation.text("response", response, limits.max_text_length, allow_empty=False)
         if display_name is not None:
-            display_name = validation.text("display_name", display_name, 100)
+            display_name = validation.display_name(display_name)
         if preferences is not None and not (callable(preferences) or isinstance(preferences, Mapping)):
             raise InvalidInputError("preferences", "must be a mapping of changes or a function returning one")
         meta = _metadata(metadata)
-        source = _source_id(source_id)
+        source = validation.source_id(source_id)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             now = datetime.now(UTC)
             old = self._current(uid, now)
@@ -348,20 +350,13 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         key = validation.text("preference key", key, 64, allow_empty=False)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             now = datetime.now(UTC)
             old = self._current(uid, now)
-            prefs = dict(old.preferences)
-            previous = prefs.get(key)
-            if value is None:
-                prefs.pop(key, None)
-            else:
-                prefs[key] = value
-            if len(prefs) > self.settings.limits.max_preferences:
-                raise InvalidInputError(
-                    "preferences", f"at most {self.settings.limits.max_preferences} per user"
-                )
-            new = old.copy_with(preferences=FrozenMap(prefs), version=old.version + 1)
+            previous = old.preferences.get(key)
+            prefs, _ = self._apply_preferences(old.preferences, {key: value})
+            new = old.copy_with(preferences=prefs, version=old.version + 1)
             change = {"op": "set_preference", "key": key, "from": previous, "to": value}
             await self._commit(new, now, actor, change, [])
         return new
@@ -369,7 +364,8 @@ class MemorySystem:
     async def set_display_name(self, user_id: str | int, name: str, *, actor: str = "api") -> UserContext:
         self._require_running()
         uid = validation.user_id(user_id)
-        name = validation.text("display_name", name, 100, allow_empty=False)
+        name = validation.display_name(name, allow_empty=False)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             now = datetime.now(UTC)
             old = self._current(uid, now)
@@ -392,6 +388,7 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         version = validation.positive_int("version", version)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             current = self._contexts.get(uid)
             if current is None:
@@ -491,13 +488,11 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         text = validation.text("text", text, self.settings.limits.max_text_length, allow_empty=False)
-        if kind not in MEMORY_KINDS:
-            raise InvalidInputError("kind", f"must be one of {sorted(MEMORY_KINDS)}, got {kind!r}")
+        kind = validation.kind(kind)
         meta = _metadata(metadata)
-        source = _source_id(source_id)
-        if created_at is not None and (not isinstance(created_at, datetime) or created_at.tzinfo is None):
-            raise InvalidInputError("created_at", "must be a timezone-aware datetime")
-        when = created_at.astimezone(UTC) if created_at is not None else datetime.now(UTC)
+        source = validation.source_id(source_id)
+        now = datetime.now(UTC)
+        when = now if created_at is None else validation.timestamp("created_at", created_at, now)
         async with self._locks.hold(uid):
             memory = self._new_memory(uid, text, kind, when, meta, source)
             await self._commit_memories([memory])
@@ -520,10 +515,9 @@ class MemorySystem:
         uid = validation.user_id(user_id)
         if limit is not None:
             limit = validation.positive_int("limit", limit)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise InvalidInputError("offset", "must be a whole number >= 0")
+        offset = validation.non_negative_int("offset", offset)
         return await self._store.memories(
-            uid, limit=-1 if limit is None else limit, offset=offset, kinds=kinds
+            uid, limit=-1 if limit is None else limit, offset=offset, kinds=validation.kinds(kinds)
         )
 
     async def count_memories(self, user_id: str | int) -> int:
@@ -539,6 +533,7 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         memory_id = validation.positive_int("memory_id", memory_id)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             found = (await self._store.memories_by_id([memory_id])).get(memory_id)
             if found is None or found.user_id != uid:
@@ -551,9 +546,10 @@ class MemorySystem:
         """Forget what was made from one source (e.g. a deleted Discord message): its memories
         and the exchanges that quote it, for whichever users they belong to."""
         self._require_running()
-        source = _source_id(source_id)
+        source = validation.source_id(source_id)
         if source is None:
             raise InvalidInputError("source_id", "must not be empty")
+        actor = validation.actor(actor)
         users = {memory.user_id for memory in await self._store.memories_by_source(source)}
         if not self.settings.retrieval.store_exchanges:  # exchanges with no memory to find them by
             users.update(
@@ -578,6 +574,7 @@ class MemorySystem:
         """
         self._require_running()
         uid = validation.user_id(user_id)
+        actor = validation.actor(actor)
         async with self._locks.hold(uid):
             ids = await self._store.memory_ids(uid)
             versions = await self._store.version_count(uid)
@@ -661,15 +658,12 @@ class MemorySystem:
         k = validation.positive_int("k", k)
         if k > self.settings.retrieval.max_k:
             raise InvalidInputError("k", f"must be at most {self.settings.retrieval.max_k} (retrieval.max_k)")
-        kind_set = None if kinds is None else frozenset(kinds)
-        if kind_set is not None and not kind_set <= MEMORY_KINDS:
-            raise InvalidInputError("kinds", f"must be among {sorted(MEMORY_KINDS)}")
-        return await self._semantic.retrieve(uid, query, k, kind_set)
+        return await self._semantic.retrieve(uid, query, k, validation.kinds(kinds))
 
     async def rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rebuild the FAISS index from the embeddings in SQLite; returns the vectors indexed."""
         self._require_running()
-        return await self._semantic.rebuild(progress)
+        return await self._semantic.rebuild(validation.callback("progress", progress))
 
     async def export_user(self, user_id: str | int) -> dict[str, Any]:
         """Everything stored about one user, as JSON-safe data (``import_user`` takes it back)."""
@@ -681,61 +675,45 @@ class MemorySystem:
             memories = await self._store.memories(uid)
         if context is None and not memories:
             raise UserNotFoundError(uid)
-        return {
-            "format": EXPORT_FORMAT,
-            "user_id": uid,
-            "exported_at": datetime.now(UTC).isoformat(),
-            "context": context.to_dict() if context else None,
-            "history": [entry.to_dict() for entry in history],
-            "memories": [memory.to_dict() for memory in memories],
-        }
+        return export_document(uid, context, history, memories)
 
     async def import_user(self, data: Mapping[str, Any], *, actor: str = "import") -> UserContext | None:
-        """Load an export: the context becomes a new version; memories are added (new ids)."""
+        """Load an export; importing it again changes nothing.
+
+        Memories the user already has (same kind, time and text: the export's ``key``) are
+        skipped, the others added with new ids. The context becomes a new version only when
+        it differs from the current one. Returns the user's context, or None when the
+        export holds none.
+        """
         self._require_running()
-        if not isinstance(data, Mapping) or data.get("format") != EXPORT_FORMAT:
-            raise InvalidInputError("import", f"is not a memory-bot export (format {EXPORT_FORMAT!r})")
-        uid = validation.user_id(data.get("user_id"))
-        raw_memories = data.get("memories") or []
-        if not isinstance(raw_memories, list):
-            raise InvalidInputError("import.memories", "must be a list")
-        new_ctx: UserContext | None = None
+        actor = validation.actor(actor)
+        document = read_import(data, self.settings.limits, datetime.now(UTC))
+        uid = document.user_id
         async with self._locks.hold(uid):
-            now = datetime.now(UTC)
-            memories = []
-            for raw in raw_memories:
-                if not isinstance(raw, Mapping):
-                    raise InvalidInputError("import.memories", "each memory must be an object")
-                text = validation.text(
-                    "memory text",
-                    raw.get("text"),
-                    self.settings.limits.max_text_length,
-                    allow_empty=False,
-                )
-                kind = raw.get("kind", "note")
-                if kind not in MEMORY_KINDS:
-                    raise InvalidInputError("memory kind", f"must be one of {sorted(MEMORY_KINDS)}")
-                created = parse_time("created_at", raw.get("created_at", now.isoformat()))
-                memories.append(
-                    self._new_memory(
-                        uid,
-                        text,
-                        kind,
-                        created,
-                        _metadata(raw.get("metadata")),
-                        _source_id(raw.get("source_id")),
-                    )
-                )
-            if data.get("context") is not None:
-                imported = UserContext.from_dict(data["context"])
-                if imported.user_id != uid:
-                    raise InvalidInputError("import.context", "belongs to another user id")
-                current = self._contexts.get(uid)
-                new_ctx = imported.copy_with(version=(current.version if current else 0) + 1)
-                await self._commit(new_ctx, now, actor, {"op": "import", "memories": len(memories)}, memories)
-            else:
+            memories, ids = await self._imported_memories(document)
+            current = self._contexts.get(uid)
+            imported = None if document.context is None else with_memory_ids(document.context, ids)
+            version = current.version if current else 0
+            if imported is not None and imported.copy_with(version=version) != current:
+                new = imported.copy_with(version=version + 1)
+                change = {"op": "import", "memories": len(memories)}
+                await self._commit(new, datetime.now(UTC), actor, change, memories)
+                return new
+            if memories:
                 await self._commit_memories(memories)
-        return new_ctx
+        return current if imported is not None else None
+
+    async def _imported_memories(self, document: ImportDocument) -> tuple[list[Memory], dict[int, int]]:
+        """Under the user lock: new memories for the export's entries the user does not have
+        yet, and the id here of each exported memory (export id -> id)."""
+        fresh, ids = document.match(await self._store.memories(document.user_id))
+        memories = []
+        for m in fresh:
+            memory = self._new_memory(document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id)
+            memories.append(memory)
+            if m.exported_id is not None:
+                ids[m.exported_id] = memory.id
+        return memories, ids
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -755,23 +733,5 @@ class MemorySystem:
 
 
 def _metadata(metadata: Mapping[str, Any] | None) -> FrozenMap:
-    if metadata is None:
-        return FrozenMap()
-    if not isinstance(metadata, Mapping):
-        raise InvalidInputError("metadata", f"must be a JSON object, got {type(metadata).__name__}")
-    try:
-        encoded = orjson.dumps(metadata)
-    except TypeError as exc:
-        raise InvalidInputError("metadata", f"must be JSON-serialisable: {exc}") from exc
-    if len(encoded) > 16_384:
-        raise InvalidInputError("metadata", "must be at most 16 KiB as JSON")
-    frozen: FrozenMap = freeze_json(orjson.loads(encoded))
+    frozen: FrozenMap = freeze_json(validation.metadata(metadata))
     return frozen
-
-
-def _source_id(source_id: str | int | None) -> str | None:
-    if source_id is None:
-        return None
-    if isinstance(source_id, int) and not isinstance(source_id, bool):
-        return str(source_id)
-    return validation.text("source_id", source_id, 200, allow_empty=False)

@@ -71,6 +71,11 @@ def test_export_then_import_round_trips(cli: Cli, tmp_path: Path) -> None:
     after = json.loads(cli.out)
     context_before, context_after = before["context"], after["context"]
     assert context_after.pop("version") == 1 and context_before.pop("version") == 4
+    # The imported memories have new ids; the recent exchanges cite those, not the old ones.
+    cited = [e.pop("memory_id") for e in context_after["recent"]]
+    assert set(cited) <= {m["id"] for m in after["memories"]} - {m["id"] for m in before["memories"]}
+    for exchange in context_before["recent"]:
+        exchange.pop("memory_id")
     assert context_after == context_before
 
     def memory_fields(doc: dict[str, list[dict[str, object]]]) -> list[tuple[object, ...]]:
