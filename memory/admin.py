@@ -428,9 +428,13 @@ async def cmd_import(args: argparse.Namespace, settings: Settings, data_dir: Pat
         args,
         f"Import user {document.get('user_id')!r} ({count} memories) from {args.file} into {data_dir}?",
     )
-    ctx = await _change(settings, data_dir, "import_user", document=document, actor="admin")
-    version = f", context now at version {ctx['version']}" if ctx else ", no context in the file"
-    print(f"imported user {document.get('user_id')!r}: {count} memories{version}")
+    done = await _change(settings, data_dir, "import_user", document=document, actor="admin")
+    ctx = done["context"]
+    version = f", context at version {ctx['version']}" if ctx else ", no context in the file"
+    print(
+        f"imported user {document.get('user_id')!r}: {done['memories_added']} of {count} memories "
+        f"added (the others were already there){version}"
+    )
     return 0
 
 

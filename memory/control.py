@@ -38,7 +38,7 @@ def control_path(data_dir: Path) -> Path:
     return data_dir / CONTROL_NAME
 
 
-def _text(args: Mapping[str, Any], name: str) -> Any:
+def _required(args: Mapping[str, Any], name: str) -> Any:
     if name not in args:
         raise InvalidInputError(name, "is required")
     return args[name]
@@ -49,16 +49,23 @@ async def apply(system: MemorySystem, op: str, args: Mapping[str, Any]) -> Any:
     owner for a request on its socket, the CLI on a folder nobody owns."""
     actor = args.get("actor", "admin")
     if op == "forget_user":
-        return {"known": await system.forget_user(_text(args, "user_id"), actor=actor)}
+        return {"known": await system.forget_user(_required(args, "user_id"), actor=actor)}
     if op == "forget_memory":
-        memory = await system.forget_memory(_text(args, "user_id"), _text(args, "memory_id"), actor=actor)
+        uid, memory_id = _required(args, "user_id"), _required(args, "memory_id")
+        memory = await system.forget_memory(uid, memory_id, actor=actor)
         return memory.to_dict()
     if op == "rollback":
-        ctx = await system.rollback(_text(args, "user_id"), _text(args, "version"), actor=actor)
+        ctx = await system.rollback(_required(args, "user_id"), _required(args, "version"), actor=actor)
         return ctx.to_dict()
     if op == "import_user":
-        imported = await system.import_user(_text(args, "document"), actor=actor)
-        return imported.to_dict() if imported is not None else None
+        document = _required(args, "document")
+        uid = document.get("user_id") if isinstance(document, Mapping) else None
+        before = await system.count_memories(uid) if uid is not None else 0
+        imported = await system.import_user(document, actor=actor)
+        return {
+            "context": imported.to_dict() if imported is not None else None,
+            "memories_added": (await system.count_memories(uid) if uid is not None else 0) - before,
+        }
     if op == "rebuild_index":
         return {"vectors": await system.rebuild_index()}
     raise InvalidInputError("control op", f"must be one of {list(CHANGES)}, got {op!r}")

@@ -66,7 +66,9 @@ def test_export_then_import_round_trips(cli: Cli, tmp_path: Path) -> None:
     assert cli("forget", "alice", "--yes") == 0
     assert cli("show", "alice") == 1
     assert cli("import", str(exported), "--yes") == 0, cli.err
-    assert "imported user 'alice': 4 memories" in cli.out
+    assert "imported user 'alice': 4 of 4 memories added" in cli.out
+    assert cli("import", str(exported), "--yes") == 0, cli.err
+    assert "imported user 'alice': 0 of 4 memories added" in cli.out  # a repeat adds nothing
     assert cli("export", "alice") == 0
     after = json.loads(cli.out)
     context_before, context_after = before["context"], after["context"]
