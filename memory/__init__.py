@@ -6,6 +6,7 @@ Only the names in ``__all__`` are public; the bot and the admin CLI use nothing 
 from memory.context import Exchange, UserContext
 from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
+    BackgroundTaskError,
     ConfigError,
     DataDirLockedError,
     EncoderError,
@@ -23,14 +24,17 @@ from memory.errors import (
 from memory.records import HistoryEntry, Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.settings import Settings, load_settings
+from memory.supervisor import Faults, SystemState, TaskName
 from memory.system import MemorySystem
 
 __all__ = [
+    "BackgroundTaskError",
     "ConfigError",
     "DataDirLockedError",
     "Encoder",
     "EncoderError",
     "Exchange",
+    "Faults",
     "HashingEncoder",
     "HistoryEntry",
     "IndexCorruptError",
@@ -46,6 +50,8 @@ __all__ = [
     "StartupReport",
     "StorageError",
     "SystemClosedError",
+    "SystemState",
+    "TaskName",
     "UserContext",
     "UserNotFoundError",
     "VersionNotFoundError",

@@ -23,6 +23,7 @@ from memory.errors import StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
 from memory.lexical import read_varint, user_bm25, user_terms
 from memory.records import HistoryEntry, Memory
+from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +180,10 @@ class SqliteStore:
         busy_timeout_ms: int = 5000,
         max_batch: int = 256,
         readonly: bool = False,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.path = path
+        self._supervisor = supervisor or Supervisor()
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
@@ -213,9 +216,12 @@ class SqliteStore:
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise damaged_database(self.path, exc) from exc
-        self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch)
+        self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch, self._supervisor)
         self._writer.start()
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="memory-bot checkpoint")
+        # Nothing waits on the checkpointer: its death only shows in health and fails the system.
+        self._checkpointer = self._supervisor.spawn(
+            TaskName.CHECKPOINTER, self._checkpoint_loop(), lambda error: None
+        )
         return applied
 
     async def _checkpoint_loop(self) -> None:
@@ -227,6 +233,7 @@ class SqliteStore:
             writer, conn = self._writer, self._read_conn
             if writer is None or conn is None or writer.units == done:
                 continue
+            self._supervisor.fault_point(TaskName.CHECKPOINTER)
             try:
                 await writer.submit([(FTS_MERGE_STEP, ())])
                 await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
@@ -251,21 +258,34 @@ class SqliteStore:
             raise sqlite3.DatabaseError("; ".join(str(r) for r in rows[:5]))
 
     async def close(self) -> None:
-        """Commit what is queued and close; safe to call twice."""
+        """Commit what is queued and close; safe to call twice.
+
+        Each step runs even when one before it failed (a full disk fails the checkpoint): the
+        connections' threads must always stop. The first error is raised once all are closed.
+        """
         writer, self._writer = self._writer, None
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.cancel()
             await asyncio.gather(checkpointer, return_exceptions=True)
+        errors: list[BaseException] = []
         if writer is not None:
-            await writer.close()
-            if self._write_conn is not None:
-                await self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                await writer.close()
+                if self._write_conn is not None:
+                    await self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, ValueError) as exc:
+                errors.append(StorageError(f"could not finish writing {self.path}: {exc}", self.path))
         for name in ("_read_conn", "_write_conn"):
             conn = getattr(self, name)
             setattr(self, name, None)
             if conn is not None:
-                await conn.close()
+                try:
+                    await conn.close()
+                except sqlite3.Error as exc:
+                    errors.append(StorageError(f"could not close {self.path}: {exc}", self.path))
+        if errors:
+            raise errors[0]
 
     # -- writing -----------------------------------------------------------------------------
 
