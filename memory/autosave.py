@@ -50,7 +50,7 @@ class AutoSaver:
 
     def start(self) -> None:
         # Nothing waits on the saver: its death shows in health, and close() still saves.
-        self._task = self._supervisor.spawn(TaskName.AUTO_SAVER, self._run(), lambda error: None)
+        self._task = self._supervisor.spawn(TaskName.AUTO_SAVER, self._run, lambda error: None)
 
     def mark_dirty(self) -> None:
         self._dirty.set()

@@ -180,7 +180,7 @@ class SentenceTransformerEncoder:
 
     async def load(self) -> None:
         self._dim = await self._worker.run(self._load_model)
-        self._task = self._supervisor.spawn(TaskName.ENCODER_BATCHER, self._batch_loop(), self._died)
+        self._task = self._supervisor.spawn(TaskName.ENCODER_BATCHER, self._batch_loop, self._died)
 
     def _load_model(self) -> int:
         self._model, dim = self._open_model()

@@ -82,7 +82,7 @@ class GroupCommitWriter:
         self.largest_batch = 0
 
     def start(self) -> None:
-        self._task = self._supervisor.spawn(TaskName.COMMIT_WRITER, self._run(), self._died)
+        self._task = self._supervisor.spawn(TaskName.COMMIT_WRITER, self._run, self._died)
 
     def submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
         """Queue one unit; the future resolves after its transaction has committed."""

@@ -83,7 +83,7 @@ class SemanticMemory:
         pending = await self._store.unembedded()
         report.embeddings_pending = len(pending)
         self.committed(pending)
-        self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop(), self._died)
+        self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop, self._died)
 
     def _died(self, error: BackgroundTaskError) -> None:
         """Wake every ``wait_indexed``: they raise the error instead of waiting for a dead loop."""

@@ -220,7 +220,7 @@ class SqliteStore:
         self._writer.start()
         # Nothing waits on the checkpointer: its death only shows in health and fails the system.
         self._checkpointer = self._supervisor.spawn(
-            TaskName.CHECKPOINTER, self._checkpoint_loop(), lambda error: None
+            TaskName.CHECKPOINTER, self._checkpoint_loop, lambda error: None
         )
         return applied
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
 
 from memory.errors import BackgroundTaskError
 
@@ -77,10 +76,14 @@ class Supervisor:
     def spawn(
         self,
         name: TaskName,
-        work: Coroutine[Any, Any, None],
+        work: Callable[[], Awaitable[None]],
         on_death: Callable[[BackgroundTaskError], None],
     ) -> asyncio.Task[None]:
-        """Run ``work``; if it raises, ``on_death`` fails the owner's waiters with the error."""
+        """Run ``work()``; if it raises, ``on_death`` fails the owner's waiters with the error.
+
+        ``work`` is the coroutine function, not a coroutine: a task cancelled before its first
+        step then leaves no coroutine that was never awaited.
+        """
         task = asyncio.create_task(self._guard(name, work, on_death), name=f"memory-bot {name}")
         self._tasks[name] = task
         return task
@@ -88,11 +91,11 @@ class Supervisor:
     async def _guard(
         self,
         name: TaskName,
-        work: Coroutine[Any, Any, None],
+        work: Callable[[], Awaitable[None]],
         on_death: Callable[[BackgroundTaskError], None],
     ) -> None:
         try:
-            await work
+            await work()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any death: recorded, logged once, raised to every caller
