@@ -72,6 +72,7 @@ class Supervisor:
         self._on_death = on_death
         self._tasks: dict[TaskName, asyncio.Task[None]] = {}
         self.deaths: dict[TaskName, BackgroundTaskError] = {}
+        self._stopped_by: dict[TaskName, str] = {}
 
     def spawn(
         self,
@@ -98,6 +99,11 @@ class Supervisor:
             await work()
         except asyncio.CancelledError:
             raise
+        except BackgroundTaskError as upstream:
+            # A task this one relies on died (recorded and logged already): this one stops
+            # with that task's error, and is not a second death.
+            self._stopped_by[name] = upstream.task
+            on_death(upstream)
         except Exception as exc:  # any death: recorded, logged once, raised to every caller
             error = BackgroundTaskError(name, exc, datetime.now(UTC))
             error.__cause__ = exc
@@ -122,6 +128,8 @@ class Supervisor:
             death = self.deaths.get(name)
             if death is not None:
                 out[str(name)] = f"died at {death.at.isoformat()}: {death.cause_text}"
+            elif name in self._stopped_by:
+                out[str(name)] = f"stopped: the {self._stopped_by[name]} it relies on died"
             else:
                 out[str(name)] = "stopped" if task.done() else "running"
         return out
