@@ -34,10 +34,12 @@ def system(data_dir: Path, faults: Faults | None = None) -> MemorySystem:
 def assert_no_new_threads(before: set[threading.Thread]) -> None:
     """Every thread started since ``before`` has ended (joined, so no race with its last step).
 
-    The event loop's own default executor (``asyncio_*``, used by aiofiles) belongs to the
-    loop, not to the MemorySystem, and ends with the loop.
+    Two are not the MemorySystem's: the event loop's default executor (``asyncio_*``, used by
+    aiofiles), which ends with the loop, and tqdm's process-wide ``tqdm_monitor`` daemon, which
+    the first import of sentence-transformers starts.
     """
-    left = [t for t in threading.enumerate() if t not in before and not t.name.startswith("asyncio_")]
+    foreign = ("asyncio_", "tqdm_monitor")
+    left = [t for t in threading.enumerate() if t not in before and not t.name.startswith(foreign)]
     for thread in left:
         thread.join(timeout=5)
     assert [t.name for t in left if t.is_alive()] == []
