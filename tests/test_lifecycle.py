@@ -26,7 +26,7 @@ from memory import (
 )
 from memory.recovery import INDEX_NAME, SNAPSHOT_NAME
 from tests.conftest import test_settings
-from tests.test_supervision import assert_no_new_threads
+from tests.test_supervision import assert_no_new_threads, state
 
 CLOSE_DEADLINE = 15.0
 
@@ -54,13 +54,13 @@ def block(path: Path) -> None:
 
 async def test_states_move_forward_and_calls_after_close_raise_one_clear_error(tmp_path: Path) -> None:
     ms = system(tmp_path / "data")
-    assert ms.state is SystemState.NEW
+    assert state(ms) is SystemState.NEW
     with pytest.raises(SystemClosedError, match="is new; call await start"):
         await ms.get_user_context("ann")
     await ms.start()
-    assert ms.state is SystemState.RUNNING
+    assert state(ms) is SystemState.RUNNING
     await ms.close()
-    assert ms.state is SystemState.CLOSED
+    assert state(ms) is SystemState.CLOSED
     await ms.close()  # twice is fine
     assert ms.health()["state"] == "closed"
     assert set(ms.health()["tasks"].values()) == {"stopped"}
@@ -85,7 +85,7 @@ async def test_close_after_a_failing_index_and_snapshot_save_releases_everything
         with pytest.raises(StorageError, match="could not save the index") as info:
             await ms.close()
     assert info.value.path == data / INDEX_NAME
-    assert ms.state is SystemState.CLOSED
+    assert state(ms) is SystemState.CLOSED
     snapshot_errors = [r for r in caplog.records if "closing the final snapshot also failed" in r.message]
     assert len(snapshot_errors) == 1 and str(data / SNAPSHOT_NAME) in snapshot_errors[0].message
     assert_no_new_threads(before)  # the SQLite, FAISS threads all ended
@@ -131,14 +131,14 @@ async def test_calls_in_flight_during_close_finish_or_get_system_closed_error(
     assert not any(call.done() for call in calls)
     closing = asyncio.create_task(ms.close())
     await asyncio.sleep(0)
-    assert ms.state is SystemState.CLOSING
+    assert state(ms) is SystemState.CLOSING
     with pytest.raises(SystemClosedError, match="is closing"):  # a call that starts now is refused
         await ms.update_context("late", "hello", "hi")
     async with asyncio.timeout(CLOSE_DEADLINE):
         await closing
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    unexpected = [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, SystemClosedError)]
-    assert unexpected == []
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert [f for f in failures if not isinstance(f, SystemClosedError)] == []
     changes = outcomes[:16] + outcomes[16:20]
     assert all(not isinstance(o, BaseException) for o in changes)  # changes in flight finished
     assert all(isinstance(o, list | SystemClosedError) for o in outcomes[20:])
