@@ -22,6 +22,7 @@ from memory import (
     UserContext,
     load_settings,
 )
+from memory.supervisor import Supervisor
 from tests.conftest import test_settings
 
 DEADLINE = 1.0  # "fails at once": well under this, on a loaded 2-core machine
@@ -145,3 +146,26 @@ async def test_unarmed_faults_change_nothing(tmp_path: Path) -> None:
         assert health["state"] == "running"
         assert set(health["tasks"]) == {str(name) for name in TaskName} - {"encoder batcher"}
         assert set(health["tasks"].values()) == {"running"}
+
+
+async def test_supervisor_records_a_death_once_and_a_task_stopped_by_it_as_stopped() -> None:
+    deaths: list[BackgroundTaskError] = []
+    supervisor = Supervisor(on_death=deaths.append)
+    failed: list[BackgroundTaskError] = []
+
+    async def auto_saver() -> None:
+        raise OSError("disk on fire")
+
+    async def checkpointer() -> None:
+        error = supervisor.first_death()
+        assert error is not None
+        raise error  # what a task gets from a dead task it relies on
+
+    await supervisor.spawn(TaskName.AUTO_SAVER, auto_saver, failed.append)
+    await supervisor.spawn(TaskName.CHECKPOINTER, checkpointer, failed.append)
+    assert [e.task for e in deaths] == ["auto-saver"]  # the system is told of one death
+    assert [e.task for e in failed] == ["auto-saver", "auto-saver"]  # both owners fail waiters
+    assert isinstance(deaths[0].__cause__, OSError)
+    health = supervisor.health()
+    assert health["auto-saver"].endswith("OSError: disk on fire")
+    assert health["checkpointer"] == "stopped: the auto-saver it relies on died"
