@@ -6,6 +6,7 @@ Only the names in ``__all__`` are public; the bot and the admin CLI use nothing 
 from memory.context import Exchange, UserContext
 from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
+    BackgroundTaskError,
     ConfigError,
     ControlChannelError,
     DataDamagedError,
@@ -26,9 +27,11 @@ from memory.errors import (
 from memory.records import ErasureRecord, HistoryEntry, Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.settings import Settings, load_settings
+from memory.supervisor import Faults, SystemState, TaskName
 from memory.system import MemorySystem
 
 __all__ = [
+    "BackgroundTaskError",
     "ConfigError",
     "ControlChannelError",
     "DataDamagedError",
@@ -37,6 +40,7 @@ __all__ = [
     "EncoderError",
     "ErasureRecord",
     "Exchange",
+    "Faults",
     "HashingEncoder",
     "HistoryEntry",
     "IndexCorruptError",
@@ -53,6 +57,8 @@ __all__ = [
     "StartupReport",
     "StorageError",
     "SystemClosedError",
+    "SystemState",
+    "TaskName",
     "UserContext",
     "UserNotFoundError",
     "VersionNotFoundError",

@@ -18,6 +18,7 @@ from memory.coalesce import Coalesced
 from memory.errors import StorageError
 from memory.locks import LockLevel, OrderedLock
 from memory.snapshot import write_snapshot
+from memory.supervisor import Supervisor, TaskName
 from memory.workers import wait_any
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,15 @@ MAX_BACKOFF = 60.0
 
 
 class AutoSaver:
-    def __init__(self, path: Path, interval: float, source: Callable[[], tuple[list[bytes], int]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        interval: float,
+        source: Callable[[], tuple[list[bytes], int]],
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.path = path
+        self._supervisor = supervisor or Supervisor()
         self.interval = interval
         self._source = source
         self._dirty = asyncio.Event()
@@ -43,7 +51,8 @@ class AutoSaver:
         self.last_error: str | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="memory-bot auto-save")
+        # Nothing waits on the saver: its death shows in health, and close() still saves.
+        self._task = self._supervisor.spawn(TaskName.AUTO_SAVER, self._run, lambda error: None)
 
     def mark_dirty(self) -> None:
         self._dirty.set()
@@ -81,6 +90,7 @@ class AutoSaver:
             delay = self._last_attempt + self.interval - time.monotonic()
             if delay > 0 and await self._wait(self._stopping, delay):
                 return
+            self._supervisor.fault_point(TaskName.AUTO_SAVER)
             try:
                 await self.save_now()
             except StorageError as exc:

@@ -28,9 +28,10 @@ import numpy as np
 import numpy.typing as npt
 
 from memory.cpu import has_native_bfloat16
-from memory.errors import EncoderError
+from memory.errors import BackgroundTaskError, EncoderError, SystemClosedError
 from memory.locks import LockLevel, OrderedLock
 from memory.settings import EncoderSettings
+from memory.supervisor import Supervisor, TaskName
 from memory.workers import SingleThreadWorker
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,15 @@ def resolve_model_path(model: str) -> str:
 class SentenceTransformerEncoder:
     """all-MiniLM-L6-v2 (or another sentence-transformers model), loaded offline, micro-batched."""
 
-    def __init__(self, settings: EncoderSettings, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: EncoderSettings, cache_dir: Path | None = None, supervisor: Supervisor | None = None
+    ) -> None:
         self._settings = settings
         self._cache_dir = cache_dir
+        self._supervisor = supervisor or Supervisor()
+        self._batch: list[_Request] = []  # taken from the queue, not yet answered
+        self._dead: BackgroundTaskError | None = None
+        self._closed = False
         self._worker = SingleThreadWorker("memory-bot-encoder")
         self._lock = OrderedLock(LockLevel.ENCODER)
         self._model: Any = None
@@ -173,7 +180,7 @@ class SentenceTransformerEncoder:
 
     async def load(self) -> None:
         self._dim = await self._worker.run(self._load_model)
-        self._task = asyncio.create_task(self._batch_loop(), name="memory-bot encoder batcher")
+        self._task = self._supervisor.spawn(TaskName.ENCODER_BATCHER, self._batch_loop, self._died)
 
     def _load_model(self) -> int:
         self._model, dim = self._open_model()
@@ -223,6 +230,10 @@ class SentenceTransformerEncoder:
             return normalise(embeddings.float().numpy())
 
     async def encode(self, texts: Sequence[str]) -> Vectors:
+        if self._dead is not None:
+            raise self._dead.with_traceback(None)
+        if self._closed:
+            raise SystemClosedError("the encoder is closed; start a new MemorySystem")
         if self._task is None:
             raise EncoderError("the encoder is not loaded; start the MemorySystem first")
         if not texts:
@@ -253,7 +264,21 @@ class SentenceTransformerEncoder:
                     break
                 batch.append(request)
                 size += len(request.texts)
+            self._batch = batch
+            self._supervisor.fault_point(TaskName.ENCODER_BATCHER)
             await self._answer(batch)
+            self._batch = []
+
+    def _died(self, error: BackgroundTaskError) -> None:
+        """Fail the batch in hand and everything queued at once: no encode waits on a dead batcher."""
+        self._dead = error
+        waiting = [*self._batch]
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        self._batch = []
+        for request in waiting:
+            if not request.future.done():
+                request.future.set_exception(error)
 
     async def _answer(self, batch: list[_Request]) -> None:
         texts = [t for r in batch for t in r.texts]
@@ -277,6 +302,7 @@ class SentenceTransformerEncoder:
                 r.future.set_result(rows)
 
     async def close(self) -> None:
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -287,7 +313,7 @@ class SentenceTransformerEncoder:
         while not self._queue.empty():
             request = self._queue.get_nowait()
             if not request.future.done():
-                request.future.set_exception(EncoderError("the encoder was closed"))
+                request.future.set_exception(SystemClosedError("the encoder was closed"))
         self._worker.close()
 
     def stats(self) -> dict[str, Any]:
@@ -301,11 +327,13 @@ class SentenceTransformerEncoder:
         }
 
 
-async def build_encoder(settings: EncoderSettings, cache_dir: Path | None = None) -> Encoder:
+async def build_encoder(
+    settings: EncoderSettings, cache_dir: Path | None = None, supervisor: Supervisor | None = None
+) -> Encoder:
     """The encoder the settings choose; the hashing one only when asked for by name."""
     if settings.kind == "hashing":
         log.warning("using the hashing test encoder: semantic search is lexical-quality only")
         return HashingEncoder(settings.hashing_dim)
-    encoder = SentenceTransformerEncoder(settings, cache_dir)
+    encoder = SentenceTransformerEncoder(settings, cache_dir, supervisor)
     await encoder.load()
     return encoder

@@ -10,6 +10,7 @@ Every message says what was wrong and what to do about it::
     ├── VersionNotFoundError   the history has no such version
     ├── LockOrderError         a task took locks against the hierarchy (a bug, raised at once)
     ├── SystemClosedError      the MemorySystem is not started, or already closed
+    ├── BackgroundTaskError    a background task died (names the task and why); close and restart
     ├── StorageError           a file could not be read or written (names the file)
     │   ├── DataDirLockedError another process owns the data folder (names its pid)
     │   ├── DataDamagedError   a file is corrupt: SQLite says so, a check failed, a row does not parse
@@ -22,6 +23,7 @@ Every message says what was wrong and what to do about it::
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 
@@ -68,6 +70,19 @@ class LockOrderError(MemoryBotError, RuntimeError):
 
 class SystemClosedError(MemoryBotError, RuntimeError):
     """The MemorySystem is not running."""
+
+
+class BackgroundTaskError(MemoryBotError):
+    """A background task (commit writer, encoder batcher, embedder, ...) died; nothing it owed was done."""
+
+    def __init__(self, task: str, cause: BaseException, at: datetime) -> None:
+        self.task = task
+        self.at = at
+        self.cause_text = f"{type(cause).__name__}: {cause}"
+        super().__init__(
+            f"the memory system's {task} stopped ({self.cause_text}); every call fails "
+            "until you close this MemorySystem and start a new one (the traceback is in the log)"
+        )
 
 
 class StorageError(MemoryBotError, OSError):

@@ -17,8 +17,9 @@ from typing import Any, TypeAlias, TypeVar
 
 import aiosqlite
 
-from memory.errors import StorageError, SystemClosedError
+from memory.errors import BackgroundTaskError, StorageError, SystemClosedError
 from memory.locks import LockLevel, OrderedLock
+from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,23 +64,30 @@ class _Unit:
 
 
 class GroupCommitWriter:
-    def __init__(self, conn: aiosqlite.Connection, path: str, max_batch: int) -> None:
+    def __init__(
+        self, conn: aiosqlite.Connection, path: str, max_batch: int, supervisor: Supervisor
+    ) -> None:
         self._conn = conn
+        self._supervisor = supervisor
         self._path = path
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Unit | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._batch: list[_Unit] = []  # taken from the queue, not yet resolved
+        self._dead: BackgroundTaskError | None = None
         self.db_lock = OrderedLock(LockLevel.DB)
         self.batches = 0
         self.units = 0
         self.largest_batch = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="memory-bot group commit")
+        self._task = self._supervisor.spawn(TaskName.COMMIT_WRITER, self._run, self._died)
 
     def submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
         """Queue one unit; the future resolves after its transaction has committed."""
+        if self._dead is not None:
+            raise self._dead.with_traceback(None)
         if self._closed:
             raise SystemClosedError("the store is closed; start a new MemorySystem to write")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -97,7 +105,20 @@ class GroupCommitWriter:
         self._closed = True
         self._queue.put_nowait(None)
         if self._task is not None:
-            await self._task
+            await self._task  # returns even when the writer died (the supervisor kept the error)
+
+    def _died(self, error: BackgroundTaskError) -> None:
+        """Fail the batch in hand and everything queued at once: no caller waits on a dead writer."""
+        self._dead = error
+        waiting = [*self._batch]
+        while not self._queue.empty():
+            unit = self._queue.get_nowait()
+            if unit is not None:
+                waiting.append(unit)
+        self._batch = []
+        for unit in waiting:
+            if not unit.future.done():
+                unit.future.set_exception(error)
 
     async def _run(self) -> None:
         stopping = False
@@ -119,7 +140,10 @@ class GroupCommitWriter:
                     continue
                 batch.append(unit)
             if batch:
+                self._batch = batch
+                self._supervisor.fault_point(TaskName.COMMIT_WRITER)
                 await self._commit_batch(batch)
+                self._batch = []
 
     async def _commit_batch(self, batch: list[_Unit]) -> None:
         async with self.db_lock:

@@ -80,10 +80,16 @@ class _UserEntry:
 class UserLocks:
     """One lock per user id, made on first use and dropped when no task holds or awaits it."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_idle")
 
     def __init__(self) -> None:
         self._entries: dict[str, _UserEntry] = {}
+        self._idle = asyncio.Event()  # set while no task holds or awaits any user lock
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until every change in flight has left its user lock (close() lets them finish)."""
+        await self._idle.wait()
 
     def hold(self, user_id: str) -> HeldUserLock:
         return HeldUserLock(self, user_id)
@@ -103,6 +109,7 @@ class UserLocks:
         entry = self._entries.get(user_id)
         if entry is None:
             entry = self._entries[user_id] = _UserEntry(asyncio.Lock())
+            self._idle.clear()
         entry.users += 1
         return entry
 
@@ -110,6 +117,8 @@ class UserLocks:
         entry.users -= 1
         if entry.users == 0:
             del self._entries[user_id]
+            if not self._entries:
+                self._idle.set()
 
 
 class HeldUserLock:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memory.encoder import Encoder, Vectors, build_encoder
-from memory.errors import EncoderError, IndexCorruptError, StorageError
+from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, StorageError
 from memory.index import PerUserIndex
 from memory.locks import LockLevel, OrderedLock
 from memory.records import Memory, ScoredMemory
@@ -26,6 +26,7 @@ from memory.recovery import StartupReport
 from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.store import SqliteStore, embedding_statement
+from memory.supervisor import Supervisor, TaskName
 from memory.workers import SingleThreadWorker, wait_any
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,16 @@ def embedding_text(memory: Memory) -> str:
 
 class SemanticMemory:
     def __init__(
-        self, settings: Settings, store: SqliteStore, index_path: Path, encoder: Encoder | None
+        self,
+        settings: Settings,
+        store: SqliteStore,
+        index_path: Path,
+        encoder: Encoder | None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._settings = settings
+        self._supervisor = supervisor or Supervisor()
+        self._dead: BackgroundTaskError | None = None
         self._store = store
         self._index_path = index_path
         self._encoder: Encoder | None = encoder
@@ -71,7 +79,9 @@ class SemanticMemory:
 
     async def start(self, report: StartupReport) -> None:
         if self._encoder is None:
-            self._encoder = await build_encoder(self._settings.encoder, self._index_path.parent)
+            self._encoder = await build_encoder(
+                self._settings.encoder, self._index_path.parent, self._supervisor
+            )
         encoder = self._encoder
         self._database_id = await self._store.database_id()
         await self._check_model(encoder, report)
@@ -79,7 +89,12 @@ class SemanticMemory:
         pending = await self._store.unembedded()
         report.embeddings_pending = len(pending)
         self.committed(pending)
-        self._task = asyncio.create_task(self._embed_loop(), name="memory-bot embedder")
+        self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop, self._died)
+
+    def _died(self, error: BackgroundTaskError) -> None:
+        """Wake every ``wait_indexed``: they raise the error instead of waiting for a dead loop."""
+        self._dead = error
+        self._notify()
 
     async def _check_model(self, encoder: Encoder, report: StartupReport) -> None:
         stored = await self._store.get_meta("embedding_model")
@@ -203,6 +218,7 @@ class SemanticMemory:
                 return  # drained (or the encoder is failing: the rest is embedded on next start)
             if not self._pending:
                 continue
+            self._supervisor.fault_point(TaskName.EMBEDDER)
             size = self._settings.retrieval.embed_batch
             batch = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
             try:
@@ -264,6 +280,8 @@ class SemanticMemory:
         while (
             self._pending_by_user.get(user_id) and self._embed_error is None and not self._stopping.is_set()
         ):
+            if self._dead is not None:
+                raise self._dead.with_traceback(None)
             await self._progress.wait()
 
     async def forget(self, ids: Sequence[int]) -> None:

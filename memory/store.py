@@ -27,6 +27,7 @@ from memory.errors import DataDamagedError, StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25, user_terms
 from memory.records import ErasureRecord, HistoryEntry, Memory
+from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +298,10 @@ class SqliteStore:
         readonly: bool = False,
         wal_limit_bytes: int = WAL_LIMIT_BYTES,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.path = path
+        self._supervisor = supervisor or Supervisor()
         self.wal_path = path.with_name(path.name + "-wal")
         self.wal_limit_bytes = wal_limit_bytes
         self.wal_truncations = 0
@@ -344,13 +347,16 @@ class SqliteStore:
         except StorageError:
             await self.close()
             raise
-        self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch)
+        self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch, self._supervisor)
         self._writer.start()
         if FTS_SECURE_DELETE:
             await self.commit(
                 [("INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)", ())]
             )
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="memory-bot checkpoint")
+        # Nothing waits on the checkpointer: its death only shows in health and fails the system.
+        self._checkpointer = self._supervisor.spawn(
+            TaskName.CHECKPOINTER, self._checkpoint_loop, lambda error: None
+        )
         return applied
 
     async def _open_readonly(self) -> aiosqlite.Connection:
@@ -381,6 +387,7 @@ class SqliteStore:
             writer, conn = self._writer, self._read_conn
             if writer is None or conn is None or writer.units == done:
                 continue
+            self._supervisor.fault_point(TaskName.CHECKPOINTER)
             try:
                 await writer.submit([(FTS_MERGE_STEP, ())])
                 await conn.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
@@ -444,21 +451,34 @@ class SqliteStore:
             raise damaged_database(self.path, problem) from problem
 
     async def close(self) -> None:
-        """Commit what is queued and close; safe to call twice."""
+        """Commit what is queued and close; safe to call twice.
+
+        Each step runs even when one before it failed (a full disk fails the checkpoint): the
+        connections' threads must always stop. The first error is raised once all are closed.
+        """
         writer, self._writer = self._writer, None
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
             checkpointer.cancel()
             await asyncio.gather(checkpointer, return_exceptions=True)
+        errors: list[BaseException] = []
         if writer is not None:
-            await writer.close()
-            if self._write_conn is not None:
-                await self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                await writer.close()
+                if self._write_conn is not None:
+                    await self._write_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except (sqlite3.Error, ValueError) as exc:
+                errors.append(StorageError(f"could not finish writing {self.path}: {exc}", self.path))
         for name in ("_read_conn", "_write_conn"):
             conn = getattr(self, name)
             setattr(self, name, None)
             if conn is not None:
-                await conn.close()
+                try:
+                    await conn.close()
+                except sqlite3.Error as exc:
+                    errors.append(StorageError(f"could not close {self.path}: {exc}", self.path))
+        if errors:
+            raise errors[0]
 
     # -- writing -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, fre
 from memory.control import ControlServer
 from memory.erasure import ErasureTarget, redacted_states, without_exchanges
 from memory.errors import (
+    BackgroundTaskError,
     InvalidInputError,
     MemoryNotFoundError,
     StorageError,
@@ -55,6 +56,7 @@ from memory.store import (
     memory_statements,
     redact_history_statement,
 )
+from memory.supervisor import Faults, Supervisor, SystemState
 from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ T = TypeVar("T")
 PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 MAX_FRESH_CONTEXTS = 10_000
 MAX_CACHED_LAST_MEMORIES = 100_000
+# How long close() lets changes in flight finish before it closes the parts under them.
+CLOSE_GRACE_SECONDS = 30.0
 
 
 async def wait_for_commit(commit: Awaitable[T]) -> bool:
@@ -113,7 +117,9 @@ class MemorySystem:
         config_file: str | Path | None = None,
         encoder: Any = None,
         take_ownership: bool = True,
+        faults: Faults | None = None,
     ) -> None:
+        """``faults`` is a test hook (see ``memory.Faults``); leave it None outside tests."""
         data_dir = validation.path("data_dir", data_dir)
         settings = validation.settings(settings)
         config_file = validation.path("config_file", config_file)
@@ -122,7 +128,8 @@ class MemorySystem:
         self._config_file = config_file
         self._given_data_dir = data_dir
         self._encoder = encoder
-        self._state = "new"
+        self._state = SystemState.NEW
+        self._supervisor = Supervisor(faults, on_death=self._task_died)
         self._contexts: dict[str, UserContext] = {}
         self._encoded: dict[str, bytes] = {}
         self._fresh: dict[str, UserContext] = {}
@@ -134,15 +141,26 @@ class MemorySystem:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def state(self) -> SystemState:
+        return self._state
+
     async def start(self) -> StartupReport:
-        if self._state != "new":
+        if self._state is not SystemState.NEW:
             raise SystemClosedError(f"this MemorySystem is {self._state}; make a new one to start again")
-        self._state = "starting"
+        self._state = SystemState.STARTING
         try:
             return await self._start()
         except BaseException:
-            await self._shutdown(save=False)
+            try:
+                await self._shutdown(save=False)
+            except Exception as cleanup:  # noqa: BLE001 - the start error is the one to raise
+                log.error("cleaning up after a failed start also failed: %s", cleanup)
             raise
+
+    def _task_died(self, error: BackgroundTaskError) -> None:
+        if self._state in (SystemState.STARTING, SystemState.RUNNING):
+            self._state = SystemState.FAILED
 
     async def _start(self) -> StartupReport:
         if self._given_settings is None:
@@ -164,6 +182,7 @@ class MemorySystem:
             synchronous=storage.synchronous,
             busy_timeout_ms=storage.busy_timeout_ms,
             max_batch=storage.max_batch,
+            supervisor=self._supervisor,
         )
         snapshot = data_dir / SNAPSHOT_NAME
         report = StartupReport(data_dir=str(data_dir))
@@ -173,13 +192,18 @@ class MemorySystem:
             self._encoded[ctx.user_id] = data
         report.users = len(self._contexts)
         self._next_memory_id = await self._store.next_memory_id()
-        self._saver = AutoSaver(snapshot, storage.save_interval, self._snapshot_source)
+        self._saver = AutoSaver(snapshot, storage.save_interval, self._snapshot_source, self._supervisor)
         if check_snapshot(snapshot, report):
             self._saver.mark_dirty()
-        self._semantic = SemanticMemory(self.settings, self._store, data_dir / INDEX_NAME, self._encoder)
+        self._semantic = SemanticMemory(
+            self.settings, self._store, data_dir / INDEX_NAME, self._encoder, self._supervisor
+        )
         await self._semantic.start(report)
         self._saver.start()
-        self._state = "running"
+        death = self._supervisor.first_death()
+        if death is not None:
+            raise death
+        self._state = SystemState.RUNNING
         if self._take_ownership:
             self._control = ControlServer(self, data_dir)
             await self._control.start()
@@ -188,32 +212,57 @@ class MemorySystem:
         return report
 
     async def close(self) -> None:
-        """Finish queued work, write the final snapshot, release the folder. Safe to call twice."""
-        if self._state in ("closed", "closing", "new"):
-            self._state = "closed" if self._state == "new" else self._state
+        """Let changes in flight finish, write the final snapshot, release every thread and file.
+
+        New calls are refused from the first moment. Every part is closed even when one fails (a
+        full disk fails the final saves); the first error, or the death of a background task, is
+        raised once everything is released. Safe to call twice.
+        """
+        if self._state in (SystemState.CLOSED, SystemState.CLOSING, SystemState.NEW):
+            if self._state is SystemState.NEW:
+                self._state = SystemState.CLOSED
             return
-        self._state = "closing"
+        self._state = SystemState.CLOSING
+        try:
+            async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+                await self._locks.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "changes still in flight after %.0f s are cut off by close()", CLOSE_GRACE_SECONDS
+            )
         await self._shutdown(save=True)
+        death = self._supervisor.first_death()
+        if death is not None:
+            raise death.with_traceback(None)
 
     async def _shutdown(self, *, save: bool) -> None:
+        """Close each part in its own try, in order; raise the first error after the last part."""
+        saver = getattr(self, "_saver", None)
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if (control := getattr(self, "_control", None)) is not None:
+            steps.append(("the control channel", control.close))
+        if (semantic := getattr(self, "_semantic", None)) is not None:
+            steps.append(("the index and encoder", semantic.close))
+        if saver is not None and save:
+            steps.append(("the final snapshot", saver.close))
+        if (store := getattr(self, "_store", None)) is not None:
+            steps.append(("the database", store.close))
+        errors: list[Exception] = []
         try:
-            control = getattr(self, "_control", None)
-            if control is not None:
-                await control.close()
-            semantic = getattr(self, "_semantic", None)
-            if semantic is not None:
-                await semantic.close()
-            saver = getattr(self, "_saver", None)
-            store = getattr(self, "_store", None)
-            if saver is not None and save:
-                await saver.close()
-            if store is not None:
-                await store.close()
+            for part, close in steps:
+                try:
+                    await close()
+                except Exception as exc:  # noqa: BLE001 - every part must close; raised below
+                    if errors:
+                        log.error("closing %s also failed: %s", part, exc)
+                    errors.append(exc)
         finally:
             ownership = getattr(self, "_ownership", None)
             if ownership is not None:
                 ownership.release()
-            self._state = "closed"
+            self._state = SystemState.CLOSED
+        if errors:
+            raise errors[0]
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -228,9 +277,13 @@ class MemorySystem:
         await self.close()
 
     def _require_running(self) -> None:
-        if self._state != "running":
-            hint = "call await start() first" if self._state == "new" else "make a new MemorySystem"
-            raise SystemClosedError(f"the memory system is {self._state}; {hint}")
+        if self._state is SystemState.RUNNING:
+            return
+        death = self._supervisor.first_death()
+        if self._state is SystemState.FAILED and death is not None:
+            raise death.with_traceback(None)
+        hint = "call await start() first" if self._state is SystemState.NEW else "make a new MemorySystem"
+        raise SystemClosedError(f"the memory system is {self._state}; {hint}")
 
     def _snapshot_source(self) -> tuple[list[bytes], int]:
         parts = list(self._encoded.values())
@@ -717,9 +770,16 @@ class MemorySystem:
 
     # -- inspection --------------------------------------------------------------------------
 
+    def health(self) -> dict[str, Any]:
+        """The lifecycle state and each background task's (running, stopped, or why it died)."""
+        return {"state": str(self._state), "tasks": self._supervisor.health()}
+
     async def stats(self) -> dict[str, Any]:
-        self._require_running()
+        """Counters of every part; also while FAILED, to show which task died and why."""
+        if self._state is not SystemState.FAILED:
+            self._require_running()
         return {
+            **self.health(),
             "users": len(self._contexts),
             "memories": await self._store.count("memories"),
             "history_rows": await self._store.count("context_history"),

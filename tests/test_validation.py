@@ -256,6 +256,7 @@ METHODS = [
     Method("export_user", {"user_id": "alice"}, {"user_id": "user_id"}),
     Method("import_user", {"data": EXPORT}, {"data": "document", "actor": "actor"}),
     Method("stats"),
+    Method("health"),
     Method("start"),  # no parameters; a second start is refused as the lifecycle's business
     Method("close"),
 ]
