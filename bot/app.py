@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import discord
 from discord.ext import commands
 
 from bot.actions import MemoryActions
+from bot.blocklist import FILENAME as BLOCKLIST_FILE
+from bot.blocklist import BlockList
+from bot.health import gateway_problem
+from bot.metrics import BotMetrics
 from bot.pipeline import ChatPipeline
 from bot.rate_limit import RateLimiter
 from bot.responder import Responder, TemplateResponder
@@ -17,7 +23,7 @@ from memory import MemorySystem, Settings
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.memory_commands")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.memory_commands", "bot.cogs.owner", "bot.cogs.help")
 
 
 def bot_intents() -> discord.Intents:
@@ -36,7 +42,7 @@ class MemoryBot(commands.Bot):
         settings: Settings,
         *,
         responder: Responder | None = None,
-        sync_commands: bool = True,
+        sync_commands: bool = False,
         clock: Callable[[], float] = time.monotonic,
         intents: discord.Intents | None = None,
     ) -> None:
@@ -44,6 +50,9 @@ class MemoryBot(commands.Bot):
             command_prefix=commands.when_mentioned_or(settings.bot.prefix),
             intents=intents or bot_intents(),
             allowed_mentions=NO_PINGS,
+            help_command=None,  # bot.cogs.help: a hybrid /help that describes every command
+            owner_ids={int(i) for i in settings.bot.owner_ids} or None,
+            proxy=settings.bot.proxy or None,
         )
         self.memory = memory
         self.bot_settings = settings.bot
@@ -54,25 +63,37 @@ class MemoryBot(commands.Bot):
             settings.bot.rate_limit_messages, settings.bot.rate_limit_seconds, clock=clock
         )
         self._sync_commands = sync_commands
+        self.metrics = BotMetrics()
+        self.blocked = BlockList()
 
     async def setup_hook(self) -> None:
         await self.memory.start()
+        await self.blocked.load(Path(self.memory.data_dir) / BLOCKLIST_FILE)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        if self._sync_commands:
+        if self._sync_commands:  # only when asked (--sync-commands or the owner's !sync)
             await self.sync_app_commands()
 
-    async def sync_app_commands(self) -> None:
-        """Slash commands go to the development guild when one is set (instant), else globally."""
-        guild_id = self.bot_settings.dev_guild_id
+    async def sync_app_commands(self, guild_id: int | None = None) -> int:
+        """Sync slash commands to ``guild_id`` (or bot.dev_guild_id) at once, else globally."""
+        guild_id = guild_id or self.bot_settings.dev_guild_id or None
         if guild_id:
             guild = discord.Object(id=guild_id)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
-            log.info("synced %d slash commands to development guild %d", len(synced), guild_id)
+            log.info("synced %d slash commands to guild %d", len(synced), guild_id)
         else:
             synced = await self.tree.sync()
             log.info("synced %d slash commands globally (may take a while to appear)", len(synced))
+        return len(synced)
+
+    def gateway_problem(self) -> str | None:
+        """What is wrong with the Discord connection, or None (for /healthz)."""
+        return gateway_problem(closed=self.is_closed(), ready=self.is_ready(), latency=self.latency)
+
+    def gateway_latency(self) -> float | None:
+        latency = self.latency
+        return latency if math.isfinite(latency) else None
 
     async def process_commands(self, message: discord.Message, /) -> None:
         """Run commands only; any other message (even one with the prefix) is chat for the cog."""
