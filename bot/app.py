@@ -96,8 +96,11 @@ class MemoryBot(commands.Bot):
         return latency if math.isfinite(latency) else None
 
     async def process_commands(self, message: discord.Message, /) -> None:
-        """Run commands only; any other message (even one with the prefix) is chat for the cog."""
-        if message.author.bot:
+        """Run commands only; any other message (even one with the prefix) is chat for the cog.
+
+        Blocked users' commands are ignored (the chat cog ignores their messages too).
+        """
+        if message.author.bot or message.author.id in self.blocked:
             return
         ctx = await self.get_context(message)
         if ctx.command is not None:

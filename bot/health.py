@@ -13,8 +13,11 @@ from typing import Any
 
 from memory import MemoryBotError, MemorySystem
 
-# Task states (from stats()["tasks"]) that mean the task is doing its job.
+# Task states (from stats()["tasks"]) that mean the task is doing its job; any other text
+# ("died at ...: KeyError ...", "stopped: the commit writer it relies on died") is the reason.
 ALIVE_TASK_STATES = frozenset({"running", "idle", "starting", "ok", "alive"})
+# Lifecycle states (stats()["state"], when present) in which the system serves calls.
+SERVING_STATES = frozenset({"running"})
 GatewayCheck = Callable[[], str | None]
 LatencyProbe = Callable[[], float | None]
 
@@ -40,14 +43,21 @@ def task_problems(stats: Mapping[str, Any]) -> list[str]:
     """
     tasks = stats.get("tasks") or {}
     problems = []
+    state = stats.get("state")
+    if state is not None and str(state).lower() not in SERVING_STATES:
+        problems.append(f"the memory system is {state}")
     for name, entry in sorted(tasks.items()):
         if isinstance(entry, Mapping):
             state, error = str(entry.get("state", "unknown")), entry.get("error")
         else:
             state, error = str(entry), None
         if state.lower() not in ALIVE_TASK_STATES:
-            problems.append(f"background task {name} is {state}" + (f": {error}" if error else ""))
+            problems.append(task_reason(str(name), state + (f": {error}" if error else "")))
     return problems
+
+
+def task_reason(name: str, state: str) -> str:
+    return f"background task {name}: {state}"
 
 
 def judge(stats: Mapping[str, Any] | None, memory_problem: str | None, gateway_problem: str | None) -> Health:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.health import Health
+from bot.health import Health, task_reason
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "memorybot_"
@@ -78,7 +78,8 @@ class StatsCollector(Collector):
                 PREFIX + "task_up", "1 for each background task that is alive.", labels=["task"]
             )
             for name in sorted(tasks):
-                alive = not any(p.startswith(f"background task {name} ") for p in self._health.reasons)
+                dead = task_reason(str(name), "")
+                alive = not any(reason.startswith(dead) for reason in self._health.reasons)
                 family.add_metric([str(name)], int(alive))
             yield family
         if self._gateway_latency is not None:

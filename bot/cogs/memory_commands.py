@@ -33,11 +33,6 @@ class RateLimitedError(commands.CheckFailure):
         self.decision = decision
 
 
-class BlockedUserError(commands.CheckFailure):
-    def __init__(self) -> None:
-        super().__init__("blocked by the bot's owner")
-
-
 class MemoryCommands(commands.Cog):
     """Commands about the caller's own memory."""
 
@@ -45,17 +40,12 @@ class MemoryCommands(commands.Cog):
         self.bot = bot
 
     async def cog_check(self, ctx: Ctx) -> bool:  # type: ignore[override]
-        if ctx.author.id in self.bot.blocked:
-            raise BlockedUserError()
         decision = self.bot.rate_limiter.hit(ctx.author.id)
         if not decision.allowed:
             raise RateLimitedError(decision)
         return True
 
     async def cog_command_error(self, ctx: Ctx, error: Exception) -> None:  # type: ignore[override]
-        if isinstance(error, BlockedUserError):
-            log.info("ignored command %s from blocked user %s", ctx.command, ctx.author.id)
-            return
         if isinstance(error, RateLimitedError):
             if error.decision.notify:
                 await self._send(ctx, rate_limited_reply(error.decision))
