@@ -45,6 +45,7 @@ class MemoryBot(commands.Bot):
         sync_commands: bool = False,
         clock: Callable[[], float] = time.monotonic,
         intents: discord.Intents | None = None,
+        metrics: BotMetrics | None = None,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(settings.bot.prefix),
@@ -63,7 +64,7 @@ class MemoryBot(commands.Bot):
             settings.bot.rate_limit_messages, settings.bot.rate_limit_seconds, clock=clock
         )
         self._sync_commands = sync_commands
-        self.metrics = BotMetrics()
+        self.metrics = metrics or BotMetrics()
         self.blocked = BlockList()
 
     async def setup_hook(self) -> None:

@@ -7,7 +7,7 @@ Kept apart from the HTTP server so that what "healthy" means lives in one place:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ ALIVE_TASK_STATES = frozenset({"running", "idle", "starting", "ok", "alive"})
 SERVING_STATES = frozenset({"running"})
 GatewayCheck = Callable[[], str | None]
 LatencyProbe = Callable[[], float | None]
+Probe = Callable[[], Awaitable[tuple["Health", dict[str, Any] | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,15 @@ async def check(
     except MemoryBotError as exc:  # closed, failed, or a task died: exactly what to report
         stats, problem = None, str(exc)
     return judge(stats, problem, gateway() if gateway else None), stats
+
+
+def memory_probe(memory: MemorySystem, gateway: GatewayCheck | None = None) -> Probe:
+    """A probe for the HTTP endpoint: :func:`check` of this memory system (and gateway)."""
+
+    async def probe() -> tuple[Health, dict[str, Any] | None]:
+        return await check(memory, gateway)
+
+    return probe
 
 
 def gateway_problem(*, closed: bool, ready: bool, latency: float) -> str | None:

@@ -12,29 +12,27 @@ from aiohttp import web
 
 from bot import health
 from bot.metrics import CONTENT_TYPE, BotMetrics
-from memory import ConfigError, MemorySystem
+from memory import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    """Serves the health verdict and the metrics of one MemorySystem (and gateway)."""
+    """Serves the verdict of ``probe`` (see :func:`bot.health.memory_probe`) and the metrics."""
 
     def __init__(
         self,
-        memory: MemorySystem,
+        probe: health.Probe,
         metrics: BotMetrics,
         *,
         host: str,
         port: int,
-        gateway: health.GatewayCheck | None = None,
         gateway_latency: health.LatencyProbe | None = None,
     ) -> None:
-        self.memory = memory
+        self.probe = probe
         self.metrics = metrics
         self.host = host
         self.port = port
-        self._gateway = gateway
         self._gateway_latency = gateway_latency
         self._runner: web.AppRunner | None = None
 
@@ -64,7 +62,7 @@ class HealthServer:
             await runner.cleanup()
 
     async def _check(self) -> health.Health:
-        verdict, stats = await health.check(self.memory, self._gateway)
+        verdict, stats = await self.probe()
         latency = self._gateway_latency() if self._gateway_latency else None
         self.metrics.stats.update(stats, verdict, latency)
         return verdict

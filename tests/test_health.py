@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import memory
-from bot.health import Health, gateway_problem, judge
+from bot.health import GatewayCheck, Health, gateway_problem, judge, memory_probe
 from bot.health_server import HealthServer
 from bot.metrics import BotMetrics
 from memory import ConfigError, HashingEncoder, MemorySystem
@@ -27,8 +27,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def serve(system: MemorySystem, **kwargs: Any) -> HealthServer:
-    server = HealthServer(system, BotMetrics(), host="127.0.0.1", port=0, **kwargs)
+async def serve(system: MemorySystem, gateway: GatewayCheck | None = None, **kwargs: Any) -> HealthServer:
+    server = HealthServer(memory_probe(system, gateway), BotMetrics(), host="127.0.0.1", port=0, **kwargs)
     await server.start()
     return server
 
@@ -159,7 +159,7 @@ async def test_healthz_is_503_when_the_commit_writer_dies(
 async def test_a_busy_port_is_a_clear_config_error(ms: MemorySystem) -> None:
     first = await serve(ms)
     try:
-        second = HealthServer(ms, BotMetrics(), host="127.0.0.1", port=first.port)
+        second = HealthServer(memory_probe(ms), BotMetrics(), host="127.0.0.1", port=first.port)
         with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{first.port}.*health.port"):
             await second.start()
     finally:
