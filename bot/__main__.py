@@ -103,7 +103,11 @@ def health_enabled(settings: Settings, mode: str) -> bool:
 
 
 async def login_with_retry(
-    make_bot: Callable[[], MemoryBot], token: str, max_delay: float, stopped: asyncio.Event
+    make_bot: Callable[[], MemoryBot],
+    token: str,
+    max_delay: float,
+    stopped: asyncio.Event,
+    on_failure: Callable[[str], None] = lambda problem: None,
 ) -> MemoryBot | None:
     """A logged-in bot, retrying while Discord cannot be reached; None when stopped first.
 
@@ -123,12 +127,9 @@ async def login_with_retry(
             await bot.close()
             if isinstance(exc, discord.HTTPException) and exc.status < 500:
                 raise  # Discord answered and refused: retrying will not help
-            log.warning(
-                "cannot reach Discord (%s: %s); retrying in %.0f s",
-                type(exc).__name__,
-                redact(str(exc), [token]),
-                delay,
-            )
+            problem = f"cannot reach Discord ({type(exc).__name__}: {redact(str(exc), [token])})"
+            on_failure(problem)
+            log.warning("%s; retrying in %.0f s", problem, delay)
         try:
             await asyncio.wait_for(stopped.wait(), delay)
         except TimeoutError:
@@ -148,6 +149,7 @@ async def run_discord(
     stop = asyncio.Event()
     metrics = BotMetrics()
     current: list[MemoryBot] = []
+    connecting = ["connecting to Discord"]  # until logged in: what /healthz reports
 
     def make_bot() -> MemoryBot:
         bot = MemoryBot(
@@ -157,9 +159,12 @@ async def run_discord(
         return bot
 
     async def probe() -> tuple[Health, dict[str, Any] | None]:
-        if not current:
-            return Health(("starting",)), None
+        if connecting:
+            return Health((f"Discord gateway: {connecting[0]}",)), None
         return await check(current[0].memory, current[0].gateway_problem)
+
+    def failed(problem: str) -> None:
+        connecting[:] = [problem]
 
     server = None
     if health_enabled(settings, "discord"):
@@ -174,8 +179,10 @@ async def run_discord(
     try:
         with stop_on_signals(stop):
             retry = settings.bot.connect_retry_max_seconds
-            finished, bot = await until_stopped(login_with_retry(make_bot, token, retry, stop), stop)
+            login = login_with_retry(make_bot, token, retry, stop, failed)
+            finished, bot = await until_stopped(login, stop)
             if finished and bot is not None:
+                connecting.clear()
                 finished, _ = await until_stopped(bot.connect(reconnect=True), stop)
             if not finished or stop.is_set():
                 log.info("signal received: shutting down")
