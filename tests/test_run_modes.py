@@ -59,7 +59,7 @@ def test_choose_mode(mode: str, token: str, interactive: bool, expected: str) ->
 
 
 def test_no_console_without_a_terminal_unless_asked() -> None:
-    with pytest.raises(ConfigError, match="not a terminal.*--console"):
+    with pytest.raises(ConfigError, match=r"not a terminal.*--console"):
         choose_mode("auto", "", False)
 
 
