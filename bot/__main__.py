@@ -31,6 +31,7 @@ from bot.logs import configure_logging
 from bot.metrics import BotMetrics
 from bot.redact import redact
 from bot.responder import Responder, build_responder, llm_api_key
+from bot.timed_memory import TimedMemorySystem
 from memory import ConfigError, MemoryBotError, MemorySystem, Settings, load_settings
 
 log = logging.getLogger("bot")
@@ -144,10 +145,11 @@ async def run_discord(
     make_responder: Callable[[], Responder],
     *,
     sync_commands: bool = False,
+    metrics: BotMetrics | None = None,
 ) -> None:
     """Run until the connection ends or SIGINT/SIGTERM; the memory is closed (saved) either way."""
     stop = asyncio.Event()
-    metrics = BotMetrics()
+    metrics = metrics or BotMetrics()
     current: list[MemoryBot] = []
     connecting = ["connecting to Discord"]  # until logged in: what /healthz reports
 
@@ -212,15 +214,13 @@ async def until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> tu
 
 
 async def run_console_with_health(
-    memory: MemorySystem, responder: Responder, user: ConsoleUser, settings: Settings
+    memory: MemorySystem, responder: Responder, user: ConsoleUser, settings: Settings, metrics: BotMetrics
 ) -> None:
     """The console chat, with the health endpoint when health.enabled = "on"."""
     if not health_enabled(settings, "console"):
         await run_console(memory, responder, user)
         return
-    server = HealthServer(
-        memory_probe(memory), BotMetrics(), host=settings.health.host, port=settings.health.port
-    )
+    server = HealthServer(memory_probe(memory), metrics, host=settings.health.host, port=settings.health.port)
     await server.start()
     try:
         await run_console(memory, responder, user)
@@ -238,6 +238,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    metrics = BotMetrics()
     token = env.get(TOKEN_VARIABLE, "").strip()
     try:
         settings = load_settings(args.config, environ=env)  # secrets are never read as settings
@@ -250,17 +251,24 @@ def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         user = ConsoleUser.parse(args.user) if args.user else default_user()
 
         def make_memory() -> MemorySystem:
-            return MemorySystem(args.data_dir, settings=settings)
+            return TimedMemorySystem(args.data_dir, settings=settings, metrics=metrics)
 
         def make_responder() -> Responder:
             return build_responder(settings, env)
 
         if mode == "discord":
             asyncio.run(
-                run_discord(token, make_memory, settings, make_responder, sync_commands=args.sync_commands)
+                run_discord(
+                    token,
+                    make_memory,
+                    settings,
+                    make_responder,
+                    sync_commands=args.sync_commands,
+                    metrics=metrics,
+                )
             )
         else:
-            asyncio.run(run_console_with_health(make_memory(), make_responder(), user, settings))
+            asyncio.run(run_console_with_health(make_memory(), make_responder(), user, settings, metrics))
     except ConfigError as exc:
         print(f"memory-bot: {exc}", file=sys.stderr)
         return EXIT_CONFIG

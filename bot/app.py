@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.actions import MemoryActions
@@ -33,6 +34,17 @@ def bot_intents() -> discord.Intents:
     return intents
 
 
+class MemoryTree(app_commands.CommandTree["MemoryBot"]):
+    """The slash-command tree: a user the owner blocked gets a short private refusal."""
+
+    async def interaction_check(self, interaction: discord.Interaction[MemoryBot], /) -> bool:
+        if interaction.user.id not in self.client.blocked:
+            return True
+        log.info("ignored a slash command from blocked user %s", interaction.user.id)
+        await interaction.response.send_message("You can't use this bot.", ephemeral=True)
+        return False
+
+
 class MemoryBot(commands.Bot):
     """A Bot whose ``setup_hook`` starts the memory and whose ``close`` saves it first."""
 
@@ -51,7 +63,8 @@ class MemoryBot(commands.Bot):
             command_prefix=commands.when_mentioned_or(settings.bot.prefix),
             intents=intents or bot_intents(),
             allowed_mentions=NO_PINGS,
-            help_command=None,  # bot.cogs.help: a hybrid /help that describes every command
+            help_command=None,
+            tree_cls=MemoryTree,  # bot.cogs.help: a hybrid /help that describes every command
             owner_ids={int(i) for i in settings.bot.owner_ids} or None,
             proxy=settings.bot.proxy or None,
         )

@@ -31,6 +31,9 @@ GAUGES = {
     "largest_batch": ("largest_commit_batch", "Most changes committed in one transaction."),
     "index_vectors": ("index_vectors", "Vectors in the FAISS index."),
     "user_locks_held": ("user_locks_held", "User locks held right now."),
+    "encoder_queue": ("encoder_queue", "Texts waiting for the embedding model."),
+    "encoder_mean_batch": ("encoder_mean_batch", "Mean texts per embedding model call."),
+    "encoder_largest_batch": ("encoder_largest_batch", "Most texts in one embedding model call."),
 }
 COUNTERS = {
     "batches": ("commit_batches", "Transactions committed by the group-commit writer."),
@@ -38,6 +41,7 @@ COUNTERS = {
     "saves": ("snapshot_saves", "JSON snapshot writes."),
     "save_failures": ("snapshot_save_failures", "JSON snapshot writes that failed."),
     "embedded_since_start": ("embedded", "Memories embedded since start."),
+    "encoder_batches": ("encoder_batches", "Embedding model calls."),
 }
 
 
@@ -103,10 +107,15 @@ class BotMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.command_seconds = Histogram(
-            PREFIX + "command_seconds",
-            "Time to answer one memory command.",
-            ["command"],
+        self.retrieve_seconds = Histogram(
+            PREFIX + "retrieve_seconds",
+            "Time of one MemorySystem.retrieve_memory call.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.update_seconds = Histogram(
+            PREFIX + "update_seconds",
+            "Time of one MemorySystem.update_context call (durable on return).",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -232,7 +232,7 @@ class SystemPrompts:
             if not sep or not guild.strip().isdigit() or not prompt.strip():
                 raise ConfigError(
                     f"setting bot.guild_system_prompts entry {entry!r} is invalid: "
-                    "expected GUILD_ID=prompt, e.g. \"123456789=You are a pirate.\""
+                    'expected GUILD_ID=prompt, e.g. "123456789=You are a pirate."'
                 )
             per_guild[int(guild)] = prompt.strip()
         return cls(default.strip() or DEFAULT_PERSONA, per_guild)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import discord.ext.test as dpytest
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,8 +15,9 @@ import memory
 from bot.health import GatewayCheck, Health, gateway_problem, judge, memory_probe
 from bot.health_server import HealthServer
 from bot.metrics import BotMetrics
+from bot.timed_memory import TimedMemorySystem
 from memory import ConfigError, HashingEncoder, MemorySystem
-from tests.bot_fixtures import BotFactory, make_bot
+from tests.bot_fixtures import BotFactory, dm_channel, make_bot, member, sent_messages
 from tests.conftest import test_settings
 
 __all__ = ["make_bot"]  # the fixture, imported explicitly
@@ -164,3 +166,34 @@ async def test_a_busy_port_is_a_clear_config_error(ms: MemorySystem) -> None:
             await second.start()
     finally:
         await first.close()
+
+
+async def test_metrics_time_retrieve_update_and_whole_replies(
+    tmp_path: Path, http: aiohttp.ClientSession, make_bot: BotFactory
+) -> None:
+    metrics = BotMetrics()
+    system = TimedMemorySystem(
+        tmp_path / "timed", settings=test_settings(), encoder=HashingEncoder(), metrics=metrics
+    )
+    await system.start()
+    server = HealthServer(memory_probe(system), metrics, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        await system.update_context("u1", "I keep bees", "Nice")
+        await system.update_context("u1", "and goats", "Nice")
+        [hit] = await system.retrieve_memory("u1", "bees", 1)
+        assert "I keep bees" in hit.memory.text
+        assert len(await system.retrieve_memory("u1", "goats", 2)) == 2
+        _, text = await get(http, server, "/metrics")
+    finally:
+        await server.close()
+        await system.close()
+    values = samples(text)
+    assert values["memorybot_update_seconds_count"] == 2
+    assert values["memorybot_retrieve_seconds_count"] == 2
+    assert values["memorybot_update_seconds_sum"] > 0
+
+    bot = await make_bot()
+    await dpytest.message("hello there", channel=await dm_channel(0), member=member(0))
+    assert len(sent_messages()) == 1
+    assert bot.metrics.registry.get_sample_value("memorybot_reply_seconds_count") == 1
