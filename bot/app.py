@@ -20,7 +20,7 @@ from bot.metrics import BotMetrics
 from bot.pipeline import ChatPipeline
 from bot.rate_limit import RateLimiter
 from bot.responder import Responder, TemplateResponder
-from memory import MemorySystem, Settings
+from memory import ConfigError, MemorySystem, Settings
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
@@ -32,6 +32,17 @@ def bot_intents() -> discord.Intents:
     intents = discord.Intents.default()
     intents.message_content = True
     return intents
+
+
+def owner_ids(values: tuple[str, ...]) -> set[int]:
+    """bot.owner_ids as Discord user ids; a ConfigError names a value that is not one."""
+    bad = [v for v in values if not v.strip().isdigit()]
+    if bad:
+        raise ConfigError(
+            f"setting bot.owner_ids = {list(values)!r} is invalid: {bad[0]!r} is not a Discord user id "
+            "(a number: Discord > Settings > Advanced > Developer Mode, then Copy User ID)"
+        )
+    return {int(v) for v in values}
 
 
 class MemoryTree(app_commands.CommandTree["MemoryBot"]):
@@ -65,7 +76,7 @@ class MemoryBot(commands.Bot):
             allowed_mentions=NO_PINGS,
             help_command=None,
             tree_cls=MemoryTree,  # bot.cogs.help: a hybrid /help that describes every command
-            owner_ids={int(i) for i in settings.bot.owner_ids} or None,
+            owner_ids=owner_ids(settings.bot.owner_ids) or None,
             proxy=settings.bot.proxy or None,
         )
         self.memory = memory

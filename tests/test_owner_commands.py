@@ -8,8 +8,9 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import owner_ids
 from bot.blocklist import FILENAME, BlockList
-from memory import UserNotFoundError
+from memory import ConfigError, UserNotFoundError
 from tests.bot_fixtures import BotFactory, dm_channel, make_bot, member, payloads, sent_messages
 
 __all__ = ["make_bot"]  # the fixture, imported explicitly
@@ -115,3 +116,9 @@ async def test_replies_are_sent_as_replies_without_pinging(make_bot: BotFactory)
     assert command_reply["message_reference"]["message_id"] == command.id
     for payload in (chat_reply, command_reply):
         assert payload["allowed_mentions"] == {"parse": [], "replied_user": False}
+
+
+def test_owner_ids_setting_names_a_bad_value() -> None:
+    assert owner_ids(("123", " 456 ")) == {123, 456}
+    with pytest.raises(ConfigError, match=r"bot.owner_ids.*'alice' is not a Discord user id"):
+        owner_ids(("123", "alice"))
