@@ -121,7 +121,7 @@ async def login_with_retry(
         try:
             await bot.login(token)
             return bot
-        except discord.LoginFailure:
+        except (discord.LoginFailure, MemoryBotError):  # a bad token, or the memory cannot start
             await bot.close()
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, discord.HTTPException) as exc:
