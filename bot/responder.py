@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
+import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 
 from bot import persona
+from bot.breaker import BreakerState, CircuitBreaker
 from bot.formatting import shorten
-from memory import ScoredMemory, Settings, UserContext
+from bot.redact import redact
+from memory import ConfigError, ScoredMemory, Settings, UserContext
 
 log = logging.getLogger(__name__)
 API_KEY_VARIABLES = ("MEMORY_BOT_LLM_API_KEY", "OPENAI_API_KEY")
@@ -205,8 +210,44 @@ class ResponderError(Exception):
     """The chat-completions endpoint failed or answered something unusable."""
 
 
+DEFAULT_PERSONA = "You are memory-bot, a friendly chat companion with a long-term memory."
+# The guild a reply is for, set by the chat cog around one pipeline call: the pipeline and its
+# ReplyRequest are Discord-free, yet a guild may give the LLM its own persona.
+reply_guild: ContextVar[int | None] = ContextVar("reply_guild", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemPrompts:
+    """The persona line of the LLM prompt: one default, optionally one per guild."""
+
+    default: str = DEFAULT_PERSONA
+    per_guild: Mapping[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, default: str, entries: tuple[str, ...]) -> SystemPrompts:
+        """``entries`` are ``"GUILD_ID=prompt"`` strings (bot.guild_system_prompts)."""
+        per_guild: dict[int, str] = {}
+        for entry in entries:
+            guild, sep, prompt = entry.partition("=")
+            if not sep or not guild.strip().isdigit() or not prompt.strip():
+                raise ConfigError(
+                    f"setting bot.guild_system_prompts entry {entry!r} is invalid: "
+                    'expected GUILD_ID=prompt, e.g. "123456789=You are a pirate."'
+                )
+            per_guild[int(guild)] = prompt.strip()
+        return cls(default.strip() or DEFAULT_PERSONA, per_guild)
+
+    def for_guild(self, guild_id: int | None) -> str:
+        return self.per_guild.get(guild_id, self.default) if guild_id is not None else self.default
+
+
 class OpenAICompatibleResponder:
-    """Calls ``{base_url}/chat/completions``; on any failure, logs it and uses ``fallback``."""
+    """Calls ``{base_url}/chat/completions``; on any failure, logs it and uses ``fallback``.
+
+    A circuit breaker stops calling an endpoint that failed ``breaker_failures`` times in a row
+    for ``breaker_cooldown`` seconds, so an outage costs the timeout only a few times. Logged
+    errors never carry the API key (or any bearer token) even when the server echoes it.
+    """
 
     def __init__(
         self,
@@ -217,6 +258,10 @@ class OpenAICompatibleResponder:
         timeout: float = 30.0,
         max_tokens: int = 400,
         fallback: Responder | None = None,
+        breaker_failures: int = 3,
+        breaker_cooldown: float = 60.0,
+        prompts: SystemPrompts | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -224,22 +269,36 @@ class OpenAICompatibleResponder:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_tokens = max_tokens
         self.fallback: Responder = fallback or TemplateResponder()
+        self.breaker = CircuitBreaker(breaker_failures, breaker_cooldown, clock=clock)
+        self.prompts = prompts or SystemPrompts()
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:  # never show the key
-        return f"OpenAICompatibleResponder(url={self.url!r}, model={self.model!r})"
+        return f"OpenAICompatibleResponder(url={redact(self.url)!r}, model={self.model!r})"
 
     async def reply(self, request: ReplyRequest) -> str:
+        if not self.breaker.allow():
+            log.debug("LLM endpoint %s is failing: template reply", redact(self.url))
+            return await self.fallback.reply(request)
+        messages = build_messages(request, system_prompt=self.prompts.for_guild(reply_guild.get()))
         try:
-            return await self._complete(build_messages(request))
+            text = await self._complete(messages)
+        except asyncio.CancelledError:
+            self.breaker.abandoned()  # a cancelled trial proves nothing either way
+            raise
         except (aiohttp.ClientError, TimeoutError, ResponderError) as exc:
+            self.breaker.failed()
+            opened = self.breaker.state is not BreakerState.CLOSED
             log.warning(
-                "LLM endpoint %s failed (%s: %s); answering with the template responder",
-                self.url,
+                "LLM endpoint %s failed (%s: %s); answering with the template responder%s",
+                redact(self.url),
                 type(exc).__name__,
-                exc,
+                redact(str(exc), [self._api_key]),
+                f" for the next {self.breaker.cooldown:g} s" if opened else "",
             )
             return await self.fallback.reply(request)
+        self.breaker.succeeded()
+        return text
 
     async def _complete(self, messages: list[dict[str, str]]) -> str:
         if self._session is None or self._session.closed:
@@ -248,13 +307,13 @@ class OpenAICompatibleResponder:
         body = {"model": self.model, "messages": messages, "max_tokens": self._max_tokens}
         async with self._session.post(self.url, json=body, headers=headers) as response:
             if response.status != 200:
-                detail = shorten(await response.text(), 200)
+                detail = shorten(redact(await response.text(), [self._api_key]), 200)
                 raise ResponderError(f"HTTP {response.status}: {detail}")
             try:
                 data: Any = await response.json(content_type=None)
                 content = data["choices"][0]["message"]["content"]
             except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise ResponderError(f"unexpected response shape: {exc!r}") from exc
+                raise ResponderError(f"unexpected response shape: {type(exc).__name__}") from exc
         if not isinstance(content, str) or not content.strip():
             raise ResponderError("the reply was empty")
         return content.strip()
@@ -265,12 +324,12 @@ class OpenAICompatibleResponder:
             await self._session.close()
 
 
-def build_messages(request: ReplyRequest) -> list[dict[str, str]]:
+def build_messages(request: ReplyRequest, *, system_prompt: str = DEFAULT_PERSONA) -> list[dict[str, str]]:
     """The chat-completions messages: persona, what is known, relevant memories, recent turns."""
     ctx = request.context
     known = persona.describe_preferences(ctx.preferences)
     lines = [
-        "You are memory-bot, a friendly chat companion with a long-term memory.",
+        system_prompt,
         "Answer briefly (under 1,500 characters), warmly, and use what you remember when relevant.",
         f"You are talking with {request.name}; you have had {ctx.conversations_count} earlier "
         f"conversations and your friendship level is {ctx.friendship_level}/100 "
@@ -311,5 +370,8 @@ def build_responder(settings: Settings, environ: Mapping[str, str] | None = None
             api_key=llm_api_key(environ),
             timeout=bot.llm_timeout,
             max_tokens=bot.llm_max_tokens,
+            breaker_failures=bot.llm_breaker_failures,
+            breaker_cooldown=bot.llm_breaker_cooldown,
+            prompts=SystemPrompts.from_settings(bot.system_prompt, bot.guild_system_prompts),
         )
     return TemplateResponder()

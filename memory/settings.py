@@ -94,6 +94,31 @@ class BotSettings:
     llm_model: str = "llama3.2"
     llm_timeout: float = field(default=30.0, metadata=_rule(low=0.1, high=600))
     llm_max_tokens: int = field(default=400, metadata=_rule(low=1, high=100_000))
+    # The operator's toolkit (issue 11): how to run, who owns the bot, the LLM's guard rails.
+    mode: str = field(default="auto", metadata=_rule(choices=("auto", "discord", "console")))
+    owner_ids: tuple[str, ...] = ()
+    proxy: str = ""
+    connect_retry_max_seconds: float = field(default=60.0, metadata=_rule(low=0.1, high=3600))
+    llm_breaker_failures: int = field(default=3, metadata=_rule(low=1, high=1000))
+    llm_breaker_cooldown: float = field(default=60.0, metadata=_rule(low=0.1, high=86_400))
+    system_prompt: str = ""
+    guild_system_prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    enabled: str = field(default="auto", metadata=_rule(choices=("auto", "on", "off")))
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_rule(low=0, high=65_535))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    level: str = field(
+        default="WARNING", metadata=_rule(choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    )
+    file: str = ""
+    format: str = field(default="text", metadata=_rule(choices=("text", "json")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +128,8 @@ class Settings:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
     bot: BotSettings = field(default_factory=BotSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Settings:
         """A copy with ``{section: {key: value}}`` applied and validated."""

@@ -91,7 +91,7 @@ async def test_everyone_in_remembered_text_never_pings(make_bot: BotFactory) -> 
     sent = payloads(bot)
     assert len(sent) == len(messages) == 3
     for payload in sent:
-        assert payload["allowed_mentions"] == {"parse": []}
+        assert payload["allowed_mentions"] == {"parse": [], "replied_user": False}
 
 
 async def test_the_bot_never_pings_and_reads_message_content(tmp_path: Path) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord.ext import commands
 
 from bot.formatting import friendly_error, split_message
+from bot.metrics import Timer
 from bot.rate_limit import rate_limited_reply
+from bot.responder import reply_guild
 from memory import MemoryBotError
 
 if TYPE_CHECKING:
@@ -30,6 +32,8 @@ class ChatCog(commands.Cog):
         """Whether the bot should answer: never bots (itself included) or empty messages."""
         me = self.bot.user
         if message.author.bot or me is None or message.author.id == me.id:
+            return False
+        if message.author.id in self.bot.blocked:
             return False
         if not message.content.strip():
             return False
@@ -61,19 +65,25 @@ class ChatCog(commands.Cog):
             if decision.notify:
                 await message.channel.send(rate_limited_reply(decision), allowed_mentions=NO_PINGS)
             return
+        guild = reply_guild.set(message.guild.id if message.guild is not None else None)
         try:
             async with message.channel.typing():
-                reply = await self.bot.pipeline.handle(
-                    message.author.id,
-                    message.author.display_name,
-                    text,
-                    source_id=str(message.id),
-                )
+                with Timer(self.bot.metrics.reply_seconds.observe):
+                    reply = await self.bot.pipeline.handle(
+                        message.author.id,
+                        message.author.display_name,
+                        text,
+                        source_id=str(message.id),
+                    )
         except MemoryBotError as exc:
             log.warning("could not answer message %s: %s", message.id, exc, exc_info=True)
             reply = friendly_error(exc)
-        for part in split_message(reply):
-            await message.channel.send(part, allowed_mentions=NO_PINGS)
+        finally:
+            reply_guild.reset(guild)
+        for index, part in enumerate(split_message(reply)):
+            # The first part answers the message (a reply, without pinging); the rest follow it.
+            extra: dict[str, Any] = {"reference": message, "mention_author": False} if index == 0 else {}
+            await message.channel.send(part, allowed_mentions=NO_PINGS, **extra)
 
     @commands.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -66,10 +66,12 @@ class MemoryCommands(commands.Cog):
         parts = split_message(text) or ["…"]
         for index, part in enumerate(parts):
             attach = file if file is not None and index == len(parts) - 1 else None
-            if attach is not None:
-                await ctx.send(part, file=attach, ephemeral=True, allowed_mentions=NO_PINGS)
-            else:
-                await ctx.send(part, ephemeral=True, allowed_mentions=NO_PINGS)
+            # A prefix command is answered as a reply to it (a slash command's answer is already
+            # tied to it); no ping either way.
+            extra: dict[str, Any] = {"file": attach} if attach is not None else {}
+            if ctx.interaction is None and index == 0:
+                extra.update(reference=ctx.message, mention_author=False)
+            await ctx.send(part, ephemeral=True, allowed_mentions=NO_PINGS, **extra)
 
     async def _answer(self, ctx: Ctx, action: Awaitable[str]) -> None:
         try:
@@ -84,31 +86,34 @@ class MemoryCommands(commands.Cog):
 
     # discord.py 2.7.1's hybrid_command does not type-check under mypy 2 (its TypeVars solve to
     # Never), hence the narrow ignores below; commands.command has no such problem.
-    @commands.hybrid_command(name="remember", description="Ask me to remember something.")  # type: ignore[arg-type]
+    @commands.hybrid_command(name="remember")  # type: ignore[arg-type]
     @app_commands.describe(text="What I should remember")
     async def remember(self, ctx: Ctx, *, text: str) -> None:
+        """Ask me to remember something."""
         source = str(ctx.message.id) if ctx.interaction is None else None
         await self._answer(ctx, self.bot.actions.remember(ctx.author.id, text, source_id=source))
 
-    @commands.hybrid_command(name="recall", description="Search what I remember about you.")  # type: ignore[arg-type]
+    @commands.hybrid_command(name="recall")  # type: ignore[arg-type]
     @app_commands.describe(query="What to look for")
     async def recall(self, ctx: Ctx, *, query: str) -> None:
+        """Search what I remember about you."""
         await self._answer(ctx, self.bot.actions.recall(ctx.author.id, query))
 
-    @commands.hybrid_command(  # type: ignore[arg-type]
-        name="forget", description="Forget one memory by id, or everything about you with 'all'."
-    )
+    @commands.hybrid_command(name="forget")  # type: ignore[arg-type]
     @app_commands.describe(target="A memory id from recall, or 'all'", confirm="Type 'confirm'")
     async def forget(self, ctx: Ctx, target: str, confirm: str | None = None) -> None:
+        """Forget one memory by id, or everything about you with 'all'."""
         action = self.bot.actions.forget(ctx.author.id, target, confirm, prefix=self._prefix(ctx))
         await self._answer(ctx, action)
 
-    @commands.hybrid_command(name="profile", description="What I know about you.")  # type: ignore[arg-type]
+    @commands.hybrid_command(name="profile")  # type: ignore[arg-type]
     async def profile(self, ctx: Ctx) -> None:
+        """What I know about you."""
         await self._answer(ctx, self.bot.actions.profile(ctx.author.id))
 
-    @commands.hybrid_command(name="export", description="Your data as a JSON file.")  # type: ignore[arg-type]
+    @commands.hybrid_command(name="export")  # type: ignore[arg-type]
     async def export(self, ctx: Ctx) -> None:
+        """Your data as a JSON file."""
         try:
             filename, payload = await self.bot.actions.export(ctx.author.id)
         except (ActionError, MemoryBotError) as exc:
