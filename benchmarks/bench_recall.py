@@ -79,7 +79,9 @@ async def build(folder: Path, settings: Any, turns: dict[str, list[tuple[str, st
     async with MemorySystem(folder, settings=settings) as ms:
         for user, rows in turns.items():
             for dia_id, text, when in rows:
-                await ms.save_memory(user, text, created_at=when, metadata={"dia_id": dia_id})
+                await ms.save_memory(
+                    user, text, kind="exchange", created_at=when, metadata={"dia_id": dia_id}
+                )
         await ms.retrieve_memory(next(iter(turns)), "warm up")  # waits for the embeddings
     return time.perf_counter() - started
 

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import numpy as np
+
 from memory.encoder import Vectors
 from memory.index import PerUserIndex
 from memory.lexical import query_terms
+from memory.ranker import POOL_SIZE, Pool, RankerModel, load_model, person_part, statements_first
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
 from memory.store import SqliteStore
@@ -125,6 +128,7 @@ class Retriever:
         self._store = store
         self._cfg = settings
         self._run_index = run_index
+        self._model: RankerModel | None = load_model() if settings.reranker else None
 
     async def retrieve(
         self,
@@ -135,6 +139,102 @@ class Retriever:
         k: int,
         kinds: frozenset[str] | None,
     ) -> list[ScoredMemory]:
+        weights = FusionWeights.from_settings(self._cfg)
+        if self._model is None:
+            ranked, *_ = await self._fused(index, user_id, query, embed_query, k, kinds)
+            return await self._materialise(ranked, user_id, k, kinds, weights)
+        pool = await self.pool(index, user_id, query, embed_query, kinds, max(k, POOL_SIZE))
+        now = datetime.now(UTC)
+        scores = self._model.scores(pool.features()) * np.array(
+            [recency_factor(m.created_at, now, weights) for m in pool.memories]
+        )
+        results = []
+        for i in statements_first(pool.memories, scores)[:k]:
+            dense = float(pool.dense[i]) if pool.known_dense[i] else None
+            lexical = float(pool.lexical[i]) if pool.lexical[i] > 0 else None
+            rankers = (*pool.rankers[i], "reranker")
+            results.append(ScoredMemory(pool.memories[i], float(scores[i]), rankers, dense, lexical))
+        return results
+
+    async def pool(
+        self,
+        index: PerUserIndex,
+        user_id: str,
+        query: str,
+        embed_query: Callable[[], Awaitable[Vectors]],
+        kinds: frozenset[str] | None,
+        size: int = POOL_SIZE,
+    ) -> Pool:
+        """The fusion's best ``size`` candidates of the user (of ``kinds``), rows read, for the
+        reranker; the training script (benchmarks/train_ranker.py) reads the same pools."""
+        ranked, dense, lexical, neighbours, floor = await self._fused(
+            index, user_id, query, embed_query, size, kinds, need_neighbours=True
+        )
+        top = ranked[: size * (4 if kinds else 1)]
+        wanted = {c.memory_id for c in top}
+        wanted |= {n for c in top for n in neighbours.get(c.memory_id, (None, None)) if n is not None}
+        rows = await self._store.memories_by_id(sorted(wanted))
+        chosen = [
+            c
+            for c in top
+            if (m := rows.get(c.memory_id)) is not None
+            and m.user_id == user_id  # isolation is checked on the row
+            and (not kinds or m.kind in kinds)
+        ][:size]
+        top_dense = max(dense.values(), default=0.0)
+        best_lexical = max(lexical.values(), default=0.0)
+        span = top_dense - floor
+
+        def dense_share(mid: int | None) -> float:
+            if mid is None or mid not in dense or span <= 1e-12:
+                return 0.0
+            return (dense[mid] - floor) / span
+
+        def lexical_share(mid: int | None) -> float:
+            return lexical.get(mid, 0.0) / best_lexical if mid is not None and best_lexical > 0 else 0.0
+
+        def steps(mid: int) -> tuple[int | None, int | None, int | None, int | None]:
+            prev, nxt = neighbours.get(mid, (None, None))
+            prev2 = neighbours.get(prev, (None, None))[0] if prev is not None else None
+            next2 = neighbours.get(nxt, (None, None))[1] if nxt is not None else None
+            return prev, nxt, prev2, next2
+
+        around = [steps(c.memory_id) for c in chosen]
+        return Pool(
+            query=query,
+            memories=tuple(rows[c.memory_id] for c in chosen),
+            rankers=tuple(c.rankers for c in chosen),
+            fused=np.array([c.score for c in chosen]),
+            dense=np.array([dense.get(c.memory_id, floor) for c in chosen]),
+            known_dense=tuple(c.memory_id in dense for c in chosen),
+            lexical=np.array([lexical.get(c.memory_id, 0.0) for c in chosen]),
+            dense_floor=floor,
+            dense_top=top_dense,
+            lexical_top=best_lexical,
+            neighbour_dense=np.array([[dense_share(n) for n in a] for a in around]).reshape(-1, 4),
+            neighbour_lexical=np.array([[lexical_share(n) for n in a] for a in around]).reshape(-1, 4),
+            previous=tuple(rows.get(a[0]) if a[0] is not None else None for a in around),
+            following=tuple(rows.get(a[1]) if a[1] is not None else None for a in around),
+        )
+
+    async def _fused(
+        self,
+        index: PerUserIndex,
+        user_id: str,
+        query: str,
+        embed_query: Callable[[], Awaitable[Vectors]],
+        k: int,
+        kinds: frozenset[str] | None,
+        *,
+        need_neighbours: bool = False,
+    ) -> tuple[
+        list[Candidate],
+        dict[int, float],
+        dict[int, float],
+        dict[int, tuple[int | None, int | None]],
+        float,
+    ]:
+        """Stage one: fused candidates, best first, and the scores and links they came from."""
         cfg = self._cfg
         weights = FusionWeights.from_settings(cfg)
         candidates = max(k, cfg.candidates) * (4 if kinds else 1)
@@ -154,7 +254,7 @@ class Retriever:
             lexical_search.cancel()
         dense = dict(dense_top)
         neighbours: dict[int, tuple[int | None, int | None]] = {}
-        if weights.neighbour > 0:
+        if weights.neighbour > 0 or need_neighbours:
             neighbours = await self._store.session_neighbours(dense.keys() | lexical.keys())
         # Every candidate gets its true dense score, not 0 for missing FAISS's top n: a lexical
         # hit just below that cut is still close in meaning (this alone is worth 0.15 Recall@10).
@@ -164,8 +264,7 @@ class Retriever:
         if unknown := missing - known.keys():
             dense.update(await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector))
         hits = {mid for mid, _ in dense_top}
-        ranked = fuse(dense, floor, lexical, neighbours, weights, hits)
-        return await self._materialise(ranked, user_id, k, kinds, weights)
+        return fuse(dense, floor, lexical, neighbours, weights, hits), dense, lexical, neighbours, floor
 
     async def _materialise(
         self,
@@ -197,8 +296,17 @@ class Retriever:
 
 
 def lexical_document(memory: Memory, previous: Memory | None) -> tuple[str, str]:
-    """What FTS5 indexes: the memory with its date in words, and the session's previous turn."""
-    return f"{memory.text} {_date_words(memory.created_at.date())}", previous.text if previous else ""
+    """What FTS5 indexes: the person's words with their date, and the session's previous turn.
+
+    The bot's reply is left out (its stock phrases, "Noted!", would match every query like it),
+    and a note (``/remember``) stands alone: it is neither indexed with the turn before it nor
+    lent as context to the turn after it (a note about a vet must not match "allergy" because
+    the question before it did).
+    """
+    body = f"{person_part(memory)} {_date_words(memory.created_at.date())}"
+    if previous is None or "note" in (memory.kind, previous.kind):
+        return body, ""
+    return body, person_part(previous)
 
 
 @functools.lru_cache(maxsize=4_096)

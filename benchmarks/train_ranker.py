@@ -1,0 +1,218 @@
+"""Train the reranker (memory/ranker.py) on locomo-dev and write memory/ranker_weights.json.
+
+The candidates and features are those the running system computes: the conversations are
+stored through ``MemorySystem`` (one exchange memory per turn, the session time as its time,
+as bench_recall.py does), and every question's pool and feature rows come from the shipped
+``Retriever`` over that database. A logistic regression is fitted on the feature rows (label:
+the turn is evidence for the question), chosen and measured leave-one-conversation-out: fit
+on four conversations, rank the fifth, average over the five folds. The weights written are
+fitted on all five (so the in-sample figure is an optimistic one; LOCO is the honest one).
+
+scikit-learn is needed here only (it comes with sentence-transformers); the running system
+reads the JSON with numpy. The built database and the query vectors are cached under /tmp
+(``--cache``), never in the repository: embedding the set is slow on a busy machine.
+
+    .venv/bin/python benchmarks/train_ranker.py [--data DIR] [--cache DIR] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_recall import DEFAULT_DATA, Question, build, load
+from memory import load_settings
+from memory.index import PerUserIndex
+from memory.inspector import Inspector, open_encoder
+from memory.ranker import FEATURES, WEIGHTS_FILE, RankerModel, statements_first
+from memory.records import Memory
+from memory.retrieval import Retriever
+
+KS = (1, 5, 10, 20)
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class Sample:
+    """One question's pool: feature rows, labels, and the dia ids in fusion order."""
+
+    question: Question
+    x: np.ndarray
+    ids: list[str]
+    memories: tuple[Memory, ...]
+
+
+async def _inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def cached_database(data: Path, cache: Path, settings: Any) -> Path:
+    """The locomo-dev conversations stored through MemorySystem, built once per model."""
+    turns, _ = load(data, None)
+    slug = hashlib.sha256(f"{data}|{settings.encoder.model}|v1".encode()).hexdigest()[:12]
+    folder = cache / f"db-{slug}"
+    done = folder / "BUILT"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _log(f"building {sum(map(len, turns.values()))} memories in {folder} (once) ...")
+        seconds = await build(folder, settings, turns)
+        done.write_text(f"{seconds:.1f}\n")
+    return folder
+
+
+async def query_vectors(texts: Sequence[str], cache: Path, settings: Any, model: str | None) -> np.ndarray:
+    key = hashlib.sha256("\n".join([settings.encoder.model, *texts]).encode()).hexdigest()[:12]
+    path = cache / f"queries-{key}.npy"
+    if path.exists():
+        cached: np.ndarray = np.load(path)
+        return cached
+    _log(f"embedding {len(texts)} questions (once) ...")
+    encoder = await open_encoder(settings, model)
+    try:
+        vectors = np.vstack([await encoder.encode(list(texts[i : i + 64])) for i in range(0, len(texts), 64)])
+    finally:
+        await encoder.close()
+    np.save(path, vectors)
+    return vectors
+
+
+async def pools(data: Path, cache: Path) -> list[Sample]:
+    """Every question's candidate pool and features, from the shipped retrieval code."""
+    settings = load_settings(overrides={"retrieval": {"reranker": False}})  # pools need no model
+    folder = await cached_database(data, cache, settings)
+    _, questions = load(data, None)
+    questions = [q for q in questions if q.evidence]
+    samples: list[Sample] = []
+    async with Inspector(folder, settings) as inspector:
+        store = inspector.store
+        model = await inspector.stored_model()
+        vectors = await query_vectors([q.text for q in questions], cache, settings, model)
+        retriever = Retriever(store, settings.retrieval, _inline)
+        indexes: dict[str, PerUserIndex] = {}
+        for q, vector in zip(questions, vectors, strict=True):
+            if q.user not in indexes:
+                rows = await store.embeddings_for(await store.memory_ids(q.user))
+                index = PerUserIndex(vectors.shape[1], settings.encoder.model)
+                matrix = np.vstack([np.frombuffer(r[2], np.float32) for r in rows])
+                index.add(q.user, [r[0] for r in rows], matrix)
+                indexes[q.user] = index
+
+            async def embed(v: np.ndarray = vector) -> np.ndarray:
+                return v
+
+            pool = await retriever.pool(indexes[q.user], q.user, q.text, embed, None)
+            ids = [str(m.metadata.get("dia_id")) for m in pool.memories]
+            samples.append(Sample(q, pool.features(), ids, pool.memories))
+    return samples
+
+
+def recall_table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, dict[str, float]]:
+    """Recall@k and Hit@k per category, over categories 1-4, and category 5 apart."""
+    per: dict[str, list[tuple[float, ...]]] = {}
+    for s, order in zip(samples, orders, strict=True):
+        ev = s.question.evidence
+        row = tuple(len(ev & set(order[:k])) / len(ev) for k in KS)
+        hit = tuple(float(bool(ev & set(order[:k]))) for k in KS)
+        keys = [str(s.question.category), "overall" if s.question.category != 5 else "category_5_adversarial"]
+        for key in keys:
+            per.setdefault(key, []).append(row + hit)
+    out = {}
+    for key, rows in sorted(per.items()):
+        arr = np.array(rows)
+        out[key] = {
+            "questions": len(rows),
+            **{f"recall@{k}": round(float(arr[:, i].mean()), 4) for i, k in enumerate(KS)},
+            **{f"hit@{k}": round(float(arr[:, len(KS) + i].mean()), 4) for i, k in enumerate(KS)},
+        }
+    return out
+
+
+def fit(samples: Sequence[Sample], c: float) -> RankerModel:
+    """A logistic regression on standardised features (scikit-learn, at training time only)."""
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+
+    x = np.vstack([s.x for s in samples])
+    y = np.concatenate([[i in s.question.evidence for i in s.ids] for s in samples]).astype(int)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    lr = LogisticRegression(C=c, max_iter=2000)
+    lr.fit((x - mean) / scale, y)
+    return RankerModel(FEATURES, mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]))
+
+
+def rerank(model: RankerModel, samples: Sequence[Sample]) -> list[list[str]]:
+    """Each pool in the order the running system returns (``statements_first``)."""
+    return [[s.ids[i] for i in statements_first(s.memories, model.scores(s.x))] for s in samples]
+
+
+def loco(samples: Sequence[Sample], c: float) -> list[list[str]]:
+    """Leave-one-conversation-out orders: every conversation ranked by a model fitted on the others."""
+    users = sorted({s.question.user for s in samples})
+    orders: dict[int, list[str]] = {}
+    for user in users:
+        train = [s for s in samples if s.question.user != user]
+        test = [i for i, s in enumerate(samples) if s.question.user == user]
+        model = fit(train, c)
+        for i, order in zip(test, rerank(model, [samples[i] for i in test]), strict=True):
+            orders[i] = order
+    return [orders[i] for i in range(len(samples))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the locomo-dev folder")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/memory-bot-ranker"), help="cache folder")
+    parser.add_argument("--no-write", action="store_true", help="measure only; keep the weights file")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"train_ranker: no dataset at {args.data}; pass --data")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    samples = asyncio.run(pools(args.data, args.cache))
+    _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
+    fusion = recall_table(samples, [s.ids for s in samples])
+    by_c = {c: recall_table(samples, loco(samples, c)) for c in C_GRID}
+    best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
+    model = fit(samples, best_c)
+    report = {
+        "dataset": str(args.data),
+        "questions": len(samples),
+        "pool": samples[0].x.shape[0] if samples else 0,
+        "features": len(FEATURES),
+        "loco_recall@10_by_C": {str(c): t["overall"]["recall@10"] for c, t in by_c.items()},
+        "C": best_c,
+        "fusion": fusion,
+        "reranked_loco": by_c[best_c],
+        "reranked_in_sample": recall_table(samples, rerank(model, samples)),
+    }
+    if not args.no_write:
+        model.save(WEIGHTS_FILE, {"C": best_c, "loco_recall@10": by_c[best_c]["overall"]["recall@10"]})
+        _log(f"wrote {WEIGHTS_FILE}")
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
