@@ -29,18 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_recall import DEFAULT_DATA, Question, build, load, recall_table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_recall import DEFAULT_DATA, Question, build, load
 from memory import load_settings
 from memory.index import PerUserIndex
 from memory.inspector import Inspector, open_encoder
-from memory.ranker import FEATURES, WEIGHTS_FILE, RankerModel, statements_first
+from memory.ranker import FEATURES, POOL_SIZE, WEIGHTS_FILE, RankerModel, statements_first
 from memory.records import Memory
 from memory.retrieval import Retriever
 
-KS = (1, 5, 10, 20)
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
 
@@ -92,13 +89,15 @@ async def query_vectors(texts: Sequence[str], cache: Path, settings: Any, model:
     return vectors
 
 
-async def pools(data: Path, cache: Path) -> list[Sample]:
-    """Every question's candidate pool and features, from the shipped retrieval code."""
+async def pools(data: Path, cache: Path) -> tuple[list[Sample], float]:
+    """Every question's candidate pool and features, from the shipped retrieval code, and the
+    CPU milliseconds per query of computing the features."""
     settings = load_settings(overrides={"retrieval": {"reranker": False}})  # pools need no model
     folder = await cached_database(data, cache, settings)
     _, questions = load(data, None)
     questions = [q for q in questions if q.evidence]
     samples: list[Sample] = []
+    features_cpu = 0.0
     async with Inspector(folder, settings) as inspector:
         store = inspector.store
         model = await inspector.stored_model()
@@ -118,29 +117,11 @@ async def pools(data: Path, cache: Path) -> list[Sample]:
 
             pool = await retriever.pool(indexes[q.user], q.user, q.text, embed, None)
             ids = [str(m.metadata.get("dia_id")) for m in pool.memories]
-            samples.append(Sample(q, pool.features(), ids, pool.memories))
-    return samples
-
-
-def recall_table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, dict[str, float]]:
-    """Recall@k and Hit@k per category, over categories 1-4, and category 5 apart."""
-    per: dict[str, list[tuple[float, ...]]] = {}
-    for s, order in zip(samples, orders, strict=True):
-        ev = s.question.evidence
-        row = tuple(len(ev & set(order[:k])) / len(ev) for k in KS)
-        hit = tuple(float(bool(ev & set(order[:k]))) for k in KS)
-        keys = [str(s.question.category), "overall" if s.question.category != 5 else "category_5_adversarial"]
-        for key in keys:
-            per.setdefault(key, []).append(row + hit)
-    out = {}
-    for key, rows in sorted(per.items()):
-        arr = np.array(rows)
-        out[key] = {
-            "questions": len(rows),
-            **{f"recall@{k}": round(float(arr[:, i].mean()), 4) for i, k in enumerate(KS)},
-            **{f"hit@{k}": round(float(arr[:, len(KS) + i].mean()), 4) for i, k in enumerate(KS)},
-        }
-    return out
+            cpu = time.process_time()
+            x = pool.features()
+            features_cpu += time.process_time() - cpu
+            samples.append(Sample(q, x, ids, pool.memories))
+    return samples, 1000 * features_cpu / max(1, len(samples))
 
 
 def fit(samples: Sequence[Sample], c: float) -> RankerModel:
@@ -175,6 +156,42 @@ def loco(samples: Sequence[Sample], c: float) -> list[list[str]]:
     return [orders[i] for i in range(len(samples))]
 
 
+def _table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, dict[str, Any]]:
+    return recall_table((s.question, order) for s, order in zip(samples, orders, strict=True))
+
+
+def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> float:
+    """Milliseconds per query of the features' second half and the scoring (numpy, one thread)."""
+    started = time.process_time()
+    for s in samples:
+        statements_first(s.memories, model.scores(s.x))
+    return 1000 * (time.process_time() - started) / max(1, len(samples))
+
+
+async def measure(data: Path, cache: Path) -> tuple[RankerModel, dict[str, Any]]:
+    """The model fitted on every conversation, and the figures: fusion, LOCO, in-sample."""
+    started = time.perf_counter()
+    samples, features_ms = await pools(data, cache)
+    _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
+    by_c = {c: _table(samples, loco(samples, c)) for c in C_GRID}
+    best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
+    model = fit(samples, best_c)
+    report = {
+        "dataset": str(data),
+        "questions": len(samples),
+        "pool": POOL_SIZE,
+        "features": len(FEATURES),
+        "loco_recall@10_by_C": {str(c): t["overall"]["recall@10"] for c, t in by_c.items()},
+        "C": best_c,
+        "features_ms_per_query": round(features_ms, 3),
+        "scoring_ms_per_query": round(ranker_cost(model, samples), 3),
+        "fusion": _table(samples, [s.ids for s in samples]),
+        "reranked_loco": by_c[best_c],
+        "reranked_in_sample": _table(samples, rerank(model, samples)),
+    }
+    return model, report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -186,27 +203,10 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"train_ranker: no dataset at {args.data}; pass --data")
-    args.cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    samples = asyncio.run(pools(args.data, args.cache))
-    _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
-    fusion = recall_table(samples, [s.ids for s in samples])
-    by_c = {c: recall_table(samples, loco(samples, c)) for c in C_GRID}
-    best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
-    model = fit(samples, best_c)
-    report = {
-        "dataset": str(args.data),
-        "questions": len(samples),
-        "pool": samples[0].x.shape[0] if samples else 0,
-        "features": len(FEATURES),
-        "loco_recall@10_by_C": {str(c): t["overall"]["recall@10"] for c, t in by_c.items()},
-        "C": best_c,
-        "fusion": fusion,
-        "reranked_loco": by_c[best_c],
-        "reranked_in_sample": recall_table(samples, rerank(model, samples)),
-    }
+    model, report = asyncio.run(measure(args.data, args.cache))
     if not args.no_write:
-        model.save(WEIGHTS_FILE, {"C": best_c, "loco_recall@10": by_c[best_c]["overall"]["recall@10"]})
+        loco_r10 = report["reranked_loco"]["overall"]["recall@10"]
+        model.save(WEIGHTS_FILE, {"C": report["C"], "loco_recall@10": loco_r10, "trained_on": "locomo-dev"})
         _log(f"wrote {WEIGHTS_FILE}")
     text = json.dumps(report, indent=2)
     print(text)
