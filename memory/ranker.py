@@ -143,13 +143,22 @@ def is_only_question(memory: Memory) -> bool:
     return _analyse(person_part(memory)).only_question
 
 
+def asks_the_bot(memory: Memory) -> bool:
+    """An exchange whose person part is only a question put to the bot."""
+    return memory.kind == "exchange" and BOT_PREFIX in memory.text and is_only_question(memory)
+
+
 @dataclass(frozen=True, slots=True)
 class Pool:
     """The fusion's best candidates for one query, with what the features are made of.
 
     ``dense`` holds inner products (the user's lowest where unknown), ``lexical`` raw BM25
-    (0: no hit); ``neighbour_dense`` / ``neighbour_lexical`` are the min-max dense and
-    BM25-share scores of the previous, next, second previous and second next turn (0: none).
+    (0: no hit); ``neighbour_dense`` / ``neighbour_lexical`` hold the same of the previous,
+    next, second previous and second next turn (NaN / 0: none).
+
+    Shares and min-max scores are taken relative to the best *statement* of the pool: an
+    earlier asking of the same question matches the query best of all and would otherwise
+    make the fact it asks about look weak.
     """
 
     query: str
@@ -160,8 +169,6 @@ class Pool:
     known_dense: tuple[bool, ...]
     lexical: np.ndarray
     dense_floor: float
-    dense_top: float
-    lexical_top: float
     neighbour_dense: np.ndarray
     neighbour_lexical: np.ndarray
     previous: tuple[Memory | None, ...]
@@ -174,22 +181,35 @@ class Pool:
         if n == 0:
             return out
         q = _Query.of(self.query)
-        span = self.dense_top - self.dense_floor
-        top_fused = float(self.fused.max())
+        texts = [_analyse(person_part(m)) for m in self.memories]
+        states = np.array([not t.only_question for t in texts])
+        if not states.any():
+            states[:] = True
+        floor = self.dense_floor
+        span = float(self.dense[states].max()) - floor
+        top_fused = float(self.fused[states].max())
+        top_lexical = float(self.lexical[states].max())
+
+        def dense_share(values: np.ndarray) -> np.ndarray:
+            shares = (values - floor) / span if span > 1e-12 else np.zeros_like(values)
+            return np.nan_to_num(shares, nan=0.0)
+
+        def lexical_share(values: np.ndarray) -> np.ndarray:
+            return values / top_lexical if top_lexical > 0 else np.zeros_like(values)
+
         out[:, 0] = self.fused
         out[:, 1] = self.fused / top_fused if top_fused > 0 else 0.0
         out[:, 2] = self.dense
-        out[:, 3] = (self.dense - self.dense_floor) / span if span > 1e-12 else 0.0
-        out[:, 4] = self.lexical / self.lexical_top if self.lexical_top > 0 else 0.0
+        out[:, 3] = dense_share(self.dense)
+        out[:, 4] = lexical_share(self.lexical)
         out[:, 5] = np.log1p(np.maximum(self.lexical, 0.0))
         out[:, 6] = np.log1p(np.arange(n))
         out[:, 7] = np.log1p(_ranks(-self.dense))
         lexical_ranks = _ranks(-self.lexical).astype(float)
         lexical_ranks[self.lexical <= 0] = n
         out[:, 8] = np.log1p(lexical_ranks)
-        out[:, 9:13] = self.neighbour_dense
-        out[:, 13:17] = self.neighbour_lexical
-        texts = [_analyse(person_part(m)) for m in self.memories]
+        out[:, 9:13] = dense_share(self.neighbour_dense)
+        out[:, 13:17] = lexical_share(self.neighbour_lexical)
         speakers = {t.speaker.casefold() for t in texts if t.speaker}
         named = speakers & q.words
         for i, (memory, t) in enumerate(zip(self.memories, texts, strict=True)):

@@ -31,7 +31,15 @@ import numpy as np
 from memory.encoder import Vectors
 from memory.index import PerUserIndex
 from memory.lexical import query_terms
-from memory.ranker import POOL_SIZE, Pool, RankerModel, load_model, person_part, statements_first
+from memory.ranker import (
+    POOL_SIZE,
+    Pool,
+    RankerModel,
+    asks_the_bot,
+    load_model,
+    person_part,
+    statements_first,
+)
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
 from memory.store import SqliteStore
@@ -64,6 +72,18 @@ class Candidate:
     rankers: tuple[str, ...]
     dense: float | None
     lexical: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """Stage one's result: fused candidates, best first, and the scores and links behind them."""
+
+    ranked: list[Candidate]
+    dense: dict[int, float]
+    lexical: dict[int, float]
+    neighbours: dict[int, tuple[int | None, int | None]]
+    floor: float
+    hits: set[int]
 
 
 def fuse(
@@ -141,8 +161,8 @@ class Retriever:
     ) -> list[ScoredMemory]:
         weights = FusionWeights.from_settings(self._cfg)
         if self._model is None:
-            ranked, *_ = await self._fused(index, user_id, query, embed_query, k, kinds)
-            return await self._materialise(ranked, user_id, k, kinds, weights)
+            stage = await self._fused(index, user_id, query, embed_query, k, kinds)
+            return await self._materialise(stage.ranked, user_id, k, kinds, weights)
         pool = await self.pool(index, user_id, query, embed_query, kinds, max(k, POOL_SIZE))
         now = datetime.now(UTC)
         scores = self._model.scores(pool.features()) * np.array(
@@ -167,31 +187,43 @@ class Retriever:
     ) -> Pool:
         """The fusion's best ``size`` candidates of the user (of ``kinds``), rows read, for the
         reranker; the training script (benchmarks/train_ranker.py) reads the same pools."""
-        ranked, dense, lexical, neighbours, floor = await self._fused(
-            index, user_id, query, embed_query, size, kinds, need_neighbours=True
-        )
-        top = ranked[: size * (4 if kinds else 1)]
-        wanted = {c.memory_id for c in top}
-        wanted |= {n for c in top for n in neighbours.get(c.memory_id, (None, None)) if n is not None}
-        rows = await self._store.memories_by_id(sorted(wanted))
-        chosen = [
-            c
-            for c in top
-            if (m := rows.get(c.memory_id)) is not None
-            and m.user_id == user_id  # isolation is checked on the row
-            and (not kinds or m.kind in kinds)
-        ][:size]
-        top_dense = max(dense.values(), default=0.0)
-        best_lexical = max(lexical.values(), default=0.0)
-        span = top_dense - floor
+        stage = await self._fused(index, user_id, query, embed_query, size, kinds, need_neighbours=True)
+        dense, lexical, neighbours, floor = stage.dense, stage.lexical, stage.neighbours, stage.floor
+        limit = size * (4 if kinds else 1)
+        rows = await self._rows(stage.ranked[:limit], neighbours)
+        # What the person asked the bot is no fact, and its neighbour is the person's next
+        # message, not an answer: the fusion is redone without those questions (so they
+        # neither set the scale nor lend scores), and they follow the statements in the pool.
+        asked = {mid for mid, m in rows.items() if asks_the_bot(m)}
+        ranked = stage.ranked
+        if asked:
+            neighbours = {
+                mid: (None if p in asked else p, None if n in asked else n)
+                for mid, (p, n) in neighbours.items()
+                if mid not in asked
+            }
+            ranked = fuse(
+                {m: v for m, v in dense.items() if m not in asked},
+                floor,
+                {m: v for m, v in lexical.items() if m not in asked},
+                neighbours,
+                FusionWeights.from_settings(self._cfg),
+                stage.hits - asked,
+            )
+            rows |= await self._rows([c for c in ranked[:limit] if c.memory_id not in rows], neighbours)
 
-        def dense_share(mid: int | None) -> float:
-            if mid is None or mid not in dense or span <= 1e-12:
-                return 0.0
-            return (dense[mid] - floor) / span
+        def usable(c: Candidate) -> bool:
+            m = rows.get(c.memory_id)  # None: forgotten meanwhile; isolation is checked on the row
+            return m is not None and m.user_id == user_id and (not kinds or m.kind in kinds)
 
-        def lexical_share(mid: int | None) -> float:
-            return lexical.get(mid, 0.0) / best_lexical if mid is not None and best_lexical > 0 else 0.0
+        chosen = [c for c in ranked[:limit] if usable(c)][:size]
+        chosen += [c for c in stage.ranked[:limit] if c.memory_id in asked and usable(c)]
+
+        def raw_dense(mid: int | None) -> float:
+            return dense.get(mid, math.nan) if mid is not None else math.nan
+
+        def raw_lexical(mid: int | None) -> float:
+            return lexical.get(mid, 0.0) if mid is not None else 0.0
 
         def steps(mid: int) -> tuple[int | None, int | None, int | None, int | None]:
             prev, nxt = neighbours.get(mid, (None, None))
@@ -209,13 +241,19 @@ class Retriever:
             known_dense=tuple(c.memory_id in dense for c in chosen),
             lexical=np.array([lexical.get(c.memory_id, 0.0) for c in chosen]),
             dense_floor=floor,
-            dense_top=top_dense,
-            lexical_top=best_lexical,
-            neighbour_dense=np.array([[dense_share(n) for n in a] for a in around]).reshape(-1, 4),
-            neighbour_lexical=np.array([[lexical_share(n) for n in a] for a in around]).reshape(-1, 4),
+            neighbour_dense=np.array([[raw_dense(n) for n in a] for a in around]).reshape(-1, 4),
+            neighbour_lexical=np.array([[raw_lexical(n) for n in a] for a in around]).reshape(-1, 4),
             previous=tuple(rows.get(a[0]) if a[0] is not None else None for a in around),
             following=tuple(rows.get(a[1]) if a[1] is not None else None for a in around),
         )
+
+    async def _rows(
+        self, candidates: Sequence[Candidate], neighbours: Mapping[int, tuple[int | None, int | None]]
+    ) -> dict[int, Memory]:
+        """The rows of the candidates and of their session neighbours, in one read."""
+        wanted = {c.memory_id for c in candidates}
+        wanted |= {n for c in candidates for n in neighbours.get(c.memory_id, (None, None)) if n is not None}
+        return await self._store.memories_by_id(sorted(wanted)) if wanted else {}
 
     async def _fused(
         self,
@@ -227,13 +265,7 @@ class Retriever:
         kinds: frozenset[str] | None,
         *,
         need_neighbours: bool = False,
-    ) -> tuple[
-        list[Candidate],
-        dict[int, float],
-        dict[int, float],
-        dict[int, tuple[int | None, int | None]],
-        float,
-    ]:
+    ) -> _Stage:
         """Stage one: fused candidates, best first, and the scores and links they came from."""
         cfg = self._cfg
         weights = FusionWeights.from_settings(cfg)
@@ -264,7 +296,8 @@ class Retriever:
         if unknown := missing - known.keys():
             dense.update(await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector))
         hits = {mid for mid, _ in dense_top}
-        return fuse(dense, floor, lexical, neighbours, weights, hits), dense, lexical, neighbours, floor
+        ranked = fuse(dense, floor, lexical, neighbours, weights, hits)
+        return _Stage(ranked, dense, lexical, neighbours, floor, hits)
 
     async def _materialise(
         self,
