@@ -34,7 +34,15 @@ from bench_recall import DEFAULT_DATA, Question, build, load, recall_table
 from memory import load_settings
 from memory.index import PerUserIndex
 from memory.inspector import Inspector, open_encoder
-from memory.ranker import FEATURES, POOL_SIZE, WEIGHTS_FILE, RankerModel, statements_first
+from memory.ranker import (
+    FEATURES,
+    MODEL_FEATURES,
+    POOL_SIZE,
+    WEIGHTS_FILE,
+    RankerModel,
+    expand,
+    statements_first,
+)
 from memory.records import Memory
 from memory.retrieval import Retriever
 
@@ -128,14 +136,14 @@ def fit(samples: Sequence[Sample], c: float) -> RankerModel:
     """A logistic regression on standardised features (scikit-learn, at training time only)."""
     from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
-    x = np.vstack([s.x for s in samples])
+    x = expand(np.vstack([s.x for s in samples]))
     y = np.concatenate([[i in s.question.evidence for i in s.ids] for s in samples]).astype(int)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
-    lr = LogisticRegression(C=c, max_iter=2000)
+    lr = LogisticRegression(C=c, max_iter=5000)
     lr.fit((x - mean) / scale, y)
-    return RankerModel(FEATURES, mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]))
+    return RankerModel(MODEL_FEATURES, mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]))
 
 
 def rerank(model: RankerModel, samples: Sequence[Sample]) -> list[list[str]]:
@@ -181,6 +189,7 @@ async def measure(data: Path, cache: Path) -> tuple[RankerModel, dict[str, Any]]
         "questions": len(samples),
         "pool": POOL_SIZE,
         "features": len(FEATURES),
+        "model_inputs": len(MODEL_FEATURES),
         "loco_recall@10_by_C": {str(c): t["overall"]["recall@10"] for c, t in by_c.items()},
         "C": best_c,
         "features_ms_per_query": round(features_ms, 3),

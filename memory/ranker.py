@@ -31,7 +31,7 @@ from memory.lexical import STOP_WORDS, words
 from memory.records import Memory
 
 WEIGHTS_FILE = Path(__file__).resolve().parent / "ranker_weights.json"
-FORMAT = 1
+FORMAT = 2
 POOL_SIZE = 60  # the fusion's top 60 hold about 0.90 of locomo-dev's evidence
 
 FEATURES: tuple[str, ...] = (
@@ -71,6 +71,37 @@ FEATURES: tuple[str, ...] = (
     "kind_fact",
     "kind_note",
 )
+
+# The model is linear in these and in the pairwise products of the ones below (66 more
+# terms): a product lets, say, a "when" question weigh the dense score differently, or the
+# named speaker count only when the text also matches. Leave-one-conversation-out Recall@10
+# 0.811 without the products, 0.822 with them (category 5: 0.921 / 0.900; fusion 0.905).
+PAIRED = (
+    "fused",
+    "fused_share",
+    "dense_minmax",
+    "lexical_share",
+    "rank_fused_log",
+    "coverage",
+    "when_x_time",
+    "speaker_named",
+    "speaker_other",
+    "prev_dense",
+    "next_dense",
+)
+_PAIRED_AT = np.array([FEATURES.index(name) for name in PAIRED])
+_PAIRS = np.triu_indices(len(PAIRED))
+MODEL_FEATURES: tuple[str, ...] = FEATURES + tuple(
+    f"{PAIRED[i]}*{PAIRED[j]}" for i, j in zip(*_PAIRS, strict=True)
+)
+
+
+def expand(features: np.ndarray) -> np.ndarray:
+    """The model's inputs: the features and the pairwise products of ``PAIRED``."""
+    paired = features[:, _PAIRED_AT]
+    products = (paired[:, :, None] * paired[:, None, :])[:, _PAIRS[0], _PAIRS[1]]
+    return np.hstack([features, products])
+
 
 _MONTHS = (
     "january february march april may june july august september october november december".split()
@@ -291,7 +322,8 @@ class RankerModel:
     bias: float
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        z = ((features - self.mean) / self.scale) @ self.weights + self.bias
+        """One probability per row of ``features`` (``FEATURES`` columns)."""
+        z = ((expand(features) - self.mean) / self.scale) @ self.weights + self.bias
         return np.asarray(1.0 / (1.0 + np.exp(-z)))
 
     def save(self, path: Path, info: Mapping[str, Any]) -> None:
@@ -319,7 +351,7 @@ def load_model(path: Path = WEIGHTS_FILE) -> RankerModel:
         fmt = data["format"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot read the reranker's weights {path}: {exc}; {hint}") from exc
-    if fmt != FORMAT or names != FEATURES or any(a.shape != (len(FEATURES),) for a in arrays):
+    if fmt != FORMAT or names != MODEL_FEATURES or any(a.shape != (len(names),) for a in arrays):
         raise ConfigError(f"the reranker's weights {path} do not match this version's features; {hint}")
     return RankerModel(names, arrays[0], arrays[1], arrays[2], bias)
 

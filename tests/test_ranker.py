@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from memory import ConfigError, MemorySystem
-from memory.ranker import FEATURES, WEIGHTS_FILE, is_only_question, load_model
+from memory.ranker import FEATURES, MODEL_FEATURES, WEIGHTS_FILE, is_only_question, load_model
 from memory.records import ScoredMemory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +33,9 @@ QUESTIONS = {
 def test_the_shipped_weights_load_without_training_tools_or_network() -> None:
     code = (
         "import sys\n"
-        "from memory.ranker import load_model, FEATURES\n"
+        "from memory.ranker import load_model, MODEL_FEATURES\n"
         "m = load_model()\n"
-        "assert m.names == FEATURES, m.names\n"
+        "assert m.names == MODEL_FEATURES, m.names\n"
         "heavy = sorted(n for n in ('sklearn', 'torch', 'sentence_transformers') if n in sys.modules)\n"
         "print(len(m.weights), heavy)\n"
     )
@@ -43,7 +43,7 @@ def test_the_shipped_weights_load_without_training_tools_or_network() -> None:
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == [str(len(FEATURES)), "[]"]
+    assert out.stdout.split() == [str(len(MODEL_FEATURES)), "[]"]
 
 
 def test_scores_are_deterministic_probabilities() -> None:
