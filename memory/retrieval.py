@@ -14,6 +14,10 @@ fusion 0.57, min-max linear fusion 0.68, and this pipeline 0.77:
   the query drops stop words (``lexical_document``, ``lexical.query_terms``); BM25 uses the
   user's own IDF (memory/lexical.py).
 Reciprocal rank fusion loses here because it throws away how far ahead the best match is.
+
+That fusion is stage one. By default (``retrieval.reranker``) its top 60 are re-scored by the
+learned ranker of memory/ranker.py (Recall@10 0.821 leave-one-conversation-out on locomo-dev,
+from 0.770), and what the person only asked the bot is set after every statement.
 """
 
 from __future__ import annotations
