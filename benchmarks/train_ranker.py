@@ -41,7 +41,7 @@ from memory.ranker import (
     WEIGHTS_FILE,
     RankerModel,
     expand,
-    statements_first,
+    final_order,
 )
 from memory.records import Memory
 from memory.retrieval import Retriever
@@ -147,8 +147,8 @@ def fit(samples: Sequence[Sample], c: float) -> RankerModel:
 
 
 def rerank(model: RankerModel, samples: Sequence[Sample]) -> list[list[str]]:
-    """Each pool in the order the running system returns (``statements_first``)."""
-    return [[s.ids[i] for i in statements_first(s.memories, model.scores(s.x))] for s in samples]
+    """Each pool in the order the running system returns (``final_order``)."""
+    return [[s.ids[i] for i in final_order(s.memories, s.x, model.scores(s.x))] for s in samples]
 
 
 def loco(samples: Sequence[Sample], c: float) -> list[list[str]]:
@@ -172,7 +172,7 @@ def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> float:
     """Milliseconds per query of the features' second half and the scoring (numpy, one thread)."""
     started = time.process_time()
     for s in samples:
-        statements_first(s.memories, model.scores(s.x))
+        final_order(s.memories, s.x, model.scores(s.x))
     return 1000 * (time.process_time() - started) / max(1, len(samples))
 
 

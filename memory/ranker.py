@@ -8,7 +8,7 @@ conversation-out; figures in the README). Its weights are a small JSON file in t
 nothing is trained at run time, and scoring is one matrix product in numpy.
 
 A memory that is only a question (every sentence ends in "?") asks, it does not tell: it is
-ranked after every statement of the pool, whatever its score (``statements_first``), so the
+ranked after every statement of the pool, whatever its score (``final_order``), so the
 person's earlier "Do you remember my allergy?" never hides the allergy itself.
 """
 
@@ -33,6 +33,7 @@ from memory.records import Memory
 WEIGHTS_FILE = Path(__file__).resolve().parent / "ranker_weights.json"
 FORMAT = 2
 POOL_SIZE = 60  # the fusion's top 60 hold about 0.90 of locomo-dev's evidence
+EXACT = 0.98  # a cosine this close: the memory says what the query says
 
 FEATURES: tuple[str, ...] = (
     "fused",
@@ -356,7 +357,16 @@ def load_model(path: Path = WEIGHTS_FILE) -> RankerModel:
     return RankerModel(names, arrays[0], arrays[1], arrays[2], bias)
 
 
-def statements_first(memories: Sequence[Memory], scores: np.ndarray) -> list[int]:
-    """Candidate positions, best first: statements by score, then questions by score."""
+def final_order(memories: Sequence[Memory], features: np.ndarray, scores: np.ndarray) -> list[int]:
+    """Candidate positions, best first: a memory that says what the query says (cosine at
+    least ``EXACT``) first, then statements by score, then questions by score.
+
+    The exact rule is for a person looking up their own words: the model learned from
+    locomo-dev, where no question repeats a turn, and could rank a near-twin above the very
+    text (16 writers saving "round 1 worker 1 item 3" and its kin).
+    """
     asks = [is_only_question(m) for m in memories]
-    return sorted(range(len(memories)), key=lambda i: (asks[i], -float(scores[i]), -memories[i].id))
+    exact = features[:, FEATURES.index("dense")] >= EXACT if len(memories) else np.zeros(0, bool)
+    return sorted(
+        range(len(memories)), key=lambda i: (asks[i], not exact[i], -float(scores[i]), -memories[i].id)
+    )

@@ -40,9 +40,9 @@ from memory.ranker import (
     Pool,
     RankerModel,
     asks_the_bot,
+    final_order,
     load_model,
     person_part,
-    statements_first,
 )
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
@@ -169,11 +169,12 @@ class Retriever:
             return await self._materialise(stage.ranked, user_id, k, kinds, weights)
         pool = await self.pool(index, user_id, query, embed_query, kinds, max(k, POOL_SIZE))
         now = datetime.now(UTC)
-        scores = self._model.scores(pool.features()) * np.array(
+        features = pool.features()
+        scores = self._model.scores(features) * np.array(
             [recency_factor(m.created_at, now, weights) for m in pool.memories]
         )
         results = []
-        for i in statements_first(pool.memories, scores)[:k]:
+        for i in final_order(pool.memories, features, scores)[:k]:
             dense = float(pool.dense[i]) if pool.known_dense[i] else None
             lexical = float(pool.lexical[i]) if pool.lexical[i] > 0 else None
             rankers = (*pool.rankers[i], "reranker")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from memory import ConfigError, MemorySystem
-from memory.ranker import FEATURES, MODEL_FEATURES, WEIGHTS_FILE, is_only_question, load_model
+from memory.ranker import EXACT, FEATURES, MODEL_FEATURES, WEIGHTS_FILE, is_only_question, load_model
 from memory.records import ScoredMemory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,3 +125,15 @@ async def test_the_fusion_alone_stays_reachable(make_system: Callable[..., Memor
         await _conversation(ms)
         results = await ms.retrieve_memory("ana", QUESTIONS["dog"], k=3)
     assert results and all("reranker" not in r.rankers for r in results)
+
+
+async def test_the_exact_text_comes_before_its_near_twins(ms: MemorySystem) -> None:
+    # 16 writers' "round r worker w item n": the model alone ranked the very text 10th.
+    for r in range(1, 4):
+        for w in range(10):
+            for n in range(1, 6):
+                await ms.save_memory(f"user-{w % 8}", f"round {r} worker {w} item {n}")
+    text = "round 1 worker 1 item 3"
+    found = await ms.retrieve_memory("user-1", text, k=10)
+    exact = [r.memory.text for r in found if (r.dense_score or 0.0) >= EXACT]
+    assert text in exact and exact == [r.memory.text for r in found[: len(exact)]]
