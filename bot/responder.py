@@ -111,7 +111,6 @@ def recalled_text(scored: ScoredMemory) -> str:
 PROBABLE = 0.05
 CLOSE = 0.3
 ANSWERABLE = 0.15
-MEANING_THRESHOLD = CLOSE  # the older name, for callers that imported it
 # The person was away this long: say hello again (and not on every message).
 GREET_AFTER = timedelta(hours=3)
 SUMMARY_FACTS = 3
