@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +31,13 @@ from memory.encoder import effective_precision  # internal: the number format in
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "locomo-dev"
 KS = (1, 5, 10, 20)
-RANKERS: dict[str, dict[str, float]] = {
-    "dense": {"dense_weight": 1.0, "lexical_weight": 0.0, "neighbour_weight": 0.0},
-    "lexical": {"dense_weight": 0.0, "lexical_weight": 1.0, "neighbour_weight": 0.0},
-    "fused_no_neighbours": {"neighbour_weight": 0.0},
-    "fused": {},
+OFF = {"reranker": False}
+RANKERS: dict[str, dict[str, float | bool]] = {
+    "dense": {"dense_weight": 1.0, "lexical_weight": 0.0, "neighbour_weight": 0.0, **OFF},
+    "lexical": {"dense_weight": 0.0, "lexical_weight": 1.0, "neighbour_weight": 0.0, **OFF},
+    "fused_no_neighbours": {"neighbour_weight": 0.0, **OFF},
+    "fused": {**OFF},
+    "reranked": {"reranker": True},
 }
 
 
@@ -79,30 +82,23 @@ async def build(folder: Path, settings: Any, turns: dict[str, list[tuple[str, st
     async with MemorySystem(folder, settings=settings) as ms:
         for user, rows in turns.items():
             for dia_id, text, when in rows:
-                await ms.save_memory(user, text, created_at=when, metadata={"dia_id": dia_id})
+                await ms.save_memory(
+                    user, text, kind="exchange", created_at=when, metadata={"dia_id": dia_id}
+                )
         await ms.retrieve_memory(next(iter(turns)), "warm up")  # waits for the embeddings
     return time.perf_counter() - started
 
 
-async def evaluate(folder: Path, settings: Any, questions: list[Question]) -> tuple[dict[str, Any], float]:
+def recall_table(ranked: Iterable[tuple[Question, Sequence[str]]]) -> dict[str, dict[str, Any]]:
+    """Recall@k and Hit@k per category, over categories 1-4 ("overall"), category 5 apart."""
     hits: dict[str, dict[int, list[tuple[float, float]]]] = {}
-    started = time.perf_counter()
-    async with MemorySystem(folder, settings=settings) as ms:
-        for q in questions:
-            if not q.evidence:
-                continue
-            found = await ms.retrieve_memory(q.user, q.text, k=max(KS))
-            ids = [r.memory.metadata["dia_id"] for r in found]
-            for key in (
-                str(q.category),
-                "overall" if q.category != 5 else "category_5_adversarial",
-            ):
-                per_k = hits.setdefault(key, {k: [] for k in KS})
-                for k in KS:
-                    got = len(q.evidence & set(ids[:k]))
-                    per_k[k].append((got / len(q.evidence), float(got > 0)))
-    elapsed = time.perf_counter() - started
-    table = {
+    for q, ids in ranked:
+        for key in (str(q.category), "overall" if q.category != 5 else "category_5_adversarial"):
+            per_k = hits.setdefault(key, {k: [] for k in KS})
+            for k in KS:
+                got = len(q.evidence & set(ids[:k]))
+                per_k[k].append((got / len(q.evidence), float(got > 0)))
+    return {
         key: {
             "questions": len(per_k[KS[0]]),
             **{f"recall@{k}": round(sum(r for r, _ in v) / len(v), 4) for k, v in per_k.items()},
@@ -110,7 +106,23 @@ async def evaluate(folder: Path, settings: Any, questions: list[Question]) -> tu
         }
         for key, per_k in sorted(hits.items())
     }
-    return table, elapsed / max(1, sum(1 for q in questions if q.evidence))
+
+
+async def evaluate(
+    folder: Path, settings: Any, questions: list[Question]
+) -> tuple[dict[str, Any], float, float]:
+    """The table, and the wall and CPU seconds (every thread of the process) per query."""
+    ranked: list[tuple[Question, Sequence[str]]] = []
+    async with MemorySystem(folder, settings=settings) as ms:
+        await ms.retrieve_memory(questions[0].user, "warm up")
+        started, cpu = time.perf_counter(), time.process_time()
+        for q in questions:
+            if q.evidence:
+                found = await ms.retrieve_memory(q.user, q.text, k=max(KS))
+                ranked.append((q, [r.memory.metadata["dia_id"] for r in found]))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    n = max(1, len(ranked))
+    return recall_table(ranked), elapsed / n, cpu / n
 
 
 async def main() -> None:
@@ -121,6 +133,12 @@ async def main() -> None:
     parser.add_argument("--model", help="encoder.model setting (default: the configured model)")
     parser.add_argument("--quick", action="store_true", help="two conversations only")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--loco", action="store_true", help="also the reranker's leave-one-conversation-out figures"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=Path("/tmp/memory-bot-ranker"), help="train_ranker's cache (--loco)"
+    )
     parser.add_argument(
         "--rankers", nargs="+", choices=sorted(RANKERS), default=list(RANKERS), help="which rankers to run"
     )
@@ -158,8 +176,12 @@ async def main() -> None:
         for name in args.rankers:
             weights = {**extra, **RANKERS[name]}
             settings = load_settings(overrides={"encoder": encoder, "retrieval": weights})
-            table, per_query = await evaluate(folder, settings, questions)
-            report["rankers"][name] = {"seconds_per_query": round(per_query, 4), **table}
+            table, per_query, cpu = await evaluate(folder, settings, questions)
+            report["rankers"][name] = {
+                "seconds_per_query": round(per_query, 4),
+                "cpu_seconds_per_query": round(cpu, 4),
+                **table,
+            }
             print(f"{name}: recall@10 {table['overall']['recall@10']}", file=sys.stderr)
         report["settings"] = extra
         if {"fused", "dense", "lexical"} <= set(args.rankers):
@@ -168,6 +190,14 @@ async def main() -> None:
                 report["rankers"][n]["overall"]["recall@10"] for n in ("dense", "lexical")
             )
             report["target_recall@10_0.70_met"] = fused >= 0.70
+        if {"fused", "reranked"} <= set(args.rankers):
+            cpu_of = {n: report["rankers"][n]["cpu_seconds_per_query"] for n in ("fused", "reranked")}
+            ratio = cpu_of["reranked"] / cpu_of["fused"] if cpu_of["fused"] else None
+            report["reranker_cpu_ratio"] = None if ratio is None else round(ratio, 3)
+        if args.loco:
+            from train_ranker import measure  # the training script's own pools and folds
+
+            report["leave_one_conversation_out"] = (await measure(args.data, args.cache))[1]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     text = json.dumps(report, indent=2)

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import aiohttp
@@ -101,38 +102,145 @@ def recalled_text(scored: ScoredMemory) -> str:
     return exchange_message(memory.text) if memory.kind == "exchange" else memory.text.strip()
 
 
-# Cosine above which a memory is on topic though it shares no word with the message
-# ("the name of my dog" ~ "I adopted a puppy named Rex" is 0.45 with MiniLM; unrelated
-# sentences stay below 0.3).
-MEANING_THRESHOLD = 0.4
+# When a retrieved memory is worth saying back. The reranker's probability (memory/ranker.py)
+# is learned from features relative to one query's candidates: on a person's ten facts it
+# reads 0.01-0.14 for the right one and 0.015-0.03 for the best of nonsense ("zzzzqqq",
+# "hello"), and about 0.2 when no candidate matches at all (every feature flat). So it ranks
+# well but cannot alone say "nothing fits": a memory is relevant when it shares a content word
+# with the message, or its cosine is clear (CLOSE: "the name of my dog" ~ "I adopted a puppy
+# named Rex" is 0.45 with MiniLM; nonsense and greetings stay below 0.27), or the ranker is
+# confident (PROBABLE) about a memory not far in meaning (ANSWERABLE). A question about the
+# person takes the ranker's best statement from ANSWERABLE on ("What food must I avoid?" ~
+# "I'm allergic to peanuts" is 0.16, "How is my kid doing?" ~ "My daughter Hana just started
+# school" 0.19; chosen on benchmarks/bench_answers.py's personas, so an in-sample choice).
+PROBABLE = 0.05
+CLOSE = 0.3
+ANSWERABLE = 0.15
+# The person was away this long: say hello again (and not on every message).
+GREET_AFTER = timedelta(hours=3)
+SUMMARY_FACTS = 3
+
+_ASKS = re.compile(
+    r"^\s*(what|what's|whats|where|who|whom|whose|when|which|how|do you (remember|know)|did i|do i|"
+    r"am i|have i|can you remember|tell me)\b",
+    re.I,
+)
+_ABOUT_ME = re.compile(r"\b(i|i'm|i've|i'd|me|my|mine|myself)\b", re.I)
+_SUMMARY = re.compile(
+    r"\b(what do you (know|remember)|what have i told you|tell me (what you know )?about me|"
+    r"who am i)\b",
+    re.I,
+)
+_SECOND_PERSON = {
+    "i'm": "you're",
+    "i've": "you've",
+    "i'll": "you'll",
+    "i'd": "you'd",
+    "i": "you",
+    "me": "you",
+    "my": "your",
+    "mine": "yours",
+    "myself": "yourself",
+    "am": "are",
+    "was": "were",
+}
+_PRONOUN = re.compile(r"\b(i['’]m|i['’]ve|i['’]ll|i['’]d|i|me|my|mine|myself|am|was)\b", re.I)
+
+
+def second_person(statement: str) -> str:
+    """"I'm allergic to peanuts." -> "you're allergic to peanuts": what the person told, told back.
+
+    "was" and "am" change only after "I" ("I was born" -> "you were born"; "it was" stays).
+    """
+    out: list[str] = []
+    last = 0
+    previous = ""
+    for match in _PRONOUN.finditer(statement):
+        word = match.group(0).replace("’", "'").lower()
+        keep = word in ("am", "was") and previous != "i"
+        out += [statement[last : match.start()], match.group(0) if keep else _SECOND_PERSON[word]]
+        last = match.end()
+        previous = word
+    out.append(statement[last:])
+    text = "".join(out).strip().rstrip(".!;,")
+    first = text.split(" ", 1)[0]
+    if first.lower() in {"you", "you're", "you've", "you'll", "you'd", "your", "yours"}:
+        text = text[0].lower() + text[1:]
+    return text
+
+
+def is_question_about_me(message: str) -> bool:
+    """A question about the person: "What pet do I have?", "Do you remember my allergy?"."""
+    text = message.strip()
+    asks = text.endswith("?") or bool(_ASKS.match(text))
+    return asks and (bool(_ABOUT_ME.search(text)) or bool(_SUMMARY.search(text)))
+
+
+def relevant(scored: ScoredMemory, message: str, floor: float = CLOSE) -> bool:
+    """Worth saying back for ``message`` (see PROBABLE, CLOSE): never a nonsense match."""
+    if "lexical" in scored.rankers and _shared_words(recalled_text(scored), message):
+        return True
+    cosine = scored.dense_score or 0.0
+    confident = "reranker" in scored.rankers and scored.score >= PROBABLE and cosine >= ANSWERABLE
+    return confident or cosine >= floor
+
+
+def _statements(request: ReplyRequest) -> list[ScoredMemory]:
+    """The retrieved memories that tell something, best first, each text once."""
+    current = request.message.strip().lower()
+    seen: set[str] = set()
+    out = []
+    for scored in request.memories:
+        said = recalled_text(scored)
+        key = said.lower()
+        if not said or key == current or said.rstrip().endswith("?") or key in seen:
+            continue  # a question asked before is nothing the person told us
+        seen.add(key)
+        out.append(scored)
+    return out
+
+
+def _told(scored: ScoredMemory) -> str:
+    """The memory said back: "You told me your sister Ana lives in Lisbon."."""
+    fact = second_person(recalled_text(scored))
+    if scored.memory.kind == "note":
+        return f"You asked me to remember that {fact}."
+    return f"You told me {fact}."
 
 
 class TemplateResponder:
-    """Offline and deterministic: the same request always gets the same reply."""
+    """Offline and deterministic: the same request at the same time always gets the same reply.
+
+    ``clock`` gives the current time (UTC); the greeting depends on how long the person was away.
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] | None = None, greet_after: timedelta = GREET_AFTER):
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._greet_after = greet_after
 
     async def reply(self, request: ReplyRequest) -> str:
-        parts = [self._greeting(request)]
+        parts = [greeting] if (greeting := self._greeting(request)) else []
         parts += self._acknowledgements(request.learned)
         answer = self._preference_answer(request)
         if answer:
             parts.append(answer)
-        else:
-            callback = self._memory_callback(request)
-            if callback:
-                parts.append(callback)
-        if len(parts) == 1:
+        elif (memory_part := self._memory_answer(request)) is not None:
+            parts.append(memory_part)
+        if not parts or parts == [greeting]:
             parts.append(self._follow_up(request.message))
         return " ".join(parts)
 
     async def close(self) -> None:
         return None
 
-    @staticmethod
-    def _greeting(request: ReplyRequest) -> str:
+    def _greeting(self, request: ReplyRequest) -> str:
+        """Hello on meeting, and again only after the person was away (``greet_after``)."""
         name = request.name
         ctx = request.context
         if ctx.conversations_count == 0:
             return f"Hi {name}, nice to meet you!"
+        if self._clock() - ctx.last_seen < self._greet_after:
+            return ""
         tier = persona.friendship_tier(ctx.friendship_level)
         return {
             "new face": f"Hello again, {name}.",
@@ -160,6 +268,8 @@ class TemplateResponder:
 
     @staticmethod
     def _preference_answer(request: ReplyRequest) -> str:
+        if _SUMMARY.search(request.message):
+            return ""  # the summary below tells the preferences with the facts
         words = set(request.message.lower().replace("?", " ").split())
         if not words & {"what", "what's", "whats", "remember", "know", "do", "who"}:
             return ""
@@ -177,21 +287,25 @@ class TemplateResponder:
         return f"You told me {' and '.join(answers)}." if answers else ""
 
     @staticmethod
-    def _memory_callback(request: ReplyRequest) -> str:
-        current = request.message.strip().lower()
-        for scored in request.memories:
-            said = recalled_text(scored)
-            if not said or said.lower() == current or said.rstrip().endswith("?"):
-                continue  # a question asked before is nothing the person told us
-            on_topic = "lexical" in scored.rankers and _shared_words(said, current)
-            close_in_meaning = (scored.dense_score or 0.0) >= MEANING_THRESHOLD
-            if not (on_topic or close_in_meaning):
-                continue
-            quote = shorten(said, QUOTE_LENGTH)
-            if scored.memory.kind == "exchange":
-                return f'Last time you told me "{quote}".'
-            return f'You asked me to remember "{quote}".'
-        return ""
+    def _memory_answer(request: ReplyRequest) -> str | None:
+        """A question about the person gets the fact that answers it; "what do you know about
+        me" a summary; other chat a memory only when it is clearly on topic."""
+        message = request.message
+        statements = _statements(request)
+        if _SUMMARY.search(message):
+            return _summary(request, statements)
+        if is_question_about_me(message):
+            best = statements[0] if statements else None
+            if best is not None and relevant(best, message, ANSWERABLE):
+                return _told(best)
+            return None
+        for scored in statements:
+            if relevant(scored, message):
+                quote = shorten(recalled_text(scored), QUOTE_LENGTH)
+                if scored.memory.kind == "exchange":
+                    return f'Last time you told me "{quote}".'
+                return f'You asked me to remember "{quote}".'
+        return None
 
     @staticmethod
     def _follow_up(message: str) -> str:
@@ -199,6 +313,24 @@ class TemplateResponder:
             return "Good question! I'm a simple offline bot, but I'll remember you asked."
         choices = ("Tell me more!", "I'll remember that.", "Noted!", "Interesting, go on.")
         return choices[zlib.crc32(message.encode()) % len(choices)]
+
+
+def _summary(request: ReplyRequest, statements: list[ScoredMemory]) -> str:
+    """"What do you know about me": the preferences, then the best distinct facts."""
+    prefs = request.context.preferences
+    known = [
+        f"your {key} is {value}"
+        for key, value in sorted(prefs.items())
+        if key not in (persona.LIKES_KEY, persona.DISLIKES_KEY)
+    ]
+    if likes := prefs.get(persona.LIKES_KEY):
+        known.append(f"you like {likes}")
+    if dislikes := prefs.get(persona.DISLIKES_KEY):
+        known.append(f"you don't like {dislikes}")
+    known += [second_person(recalled_text(s)) for s in statements[:SUMMARY_FACTS]]
+    if not known:
+        return "You haven't told me much about yourself yet. Tell me something!"
+    return "Here's what I know about you: " + "; ".join(known) + "."
 
 
 def _shared_words(a: str, b: str) -> set[str]:

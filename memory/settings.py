@@ -79,6 +79,7 @@ class RetrievalSettings:
     recency_half_life_days: float = field(default=30.0, metadata=_rule(low=0.001, high=100_000))
     candidates: int = field(default=50, metadata=_rule(low=1, high=10_000))
     embed_batch: int = field(default=64, metadata=_rule(low=1, high=4096))
+    reranker: bool = True
 
 
 @dataclass(frozen=True, slots=True)

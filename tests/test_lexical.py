@@ -52,8 +52,8 @@ async def _search(folder: Path, user: str, query: str) -> list[tuple[int, float]
 async def _fill(make_system: Callable[..., MemorySystem], folder: Path, users: dict[str, list[str]]) -> None:
     async with make_system(folder) as ms:
         for user, texts in users.items():
-            for text in texts:
-                await ms.save_memory(user, text)
+            for text in texts:  # turns of a conversation: each indexed with the one before it
+                await ms.save_memory(user, text, kind="exchange")
 
 
 async def test_scores_are_the_users_own_bm25_whatever_else_the_table_holds(

@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from bot.pipeline import ChatPipeline
 from bot.responder import (
     OpenAICompatibleResponder,
     ReplyRequest,
     TemplateResponder,
     build_responder,
     llm_api_key,
+    relevant,
+    second_person,
 )
 from memory import Memory, MemorySystem, ScoredMemory, UserContext
 from tests.bot_fixtures import bot_settings
@@ -47,10 +50,10 @@ async def test_template_quotes_a_memory_close_in_meaning_but_never_an_old_questi
     )
     asked = scored("Sam: what is the name of my dog?\nBot: Good question!")
     reply = await responder.reply(ReplyRequest(ctx, "what is the name of my dog?", (asked, rex)))
-    assert 'Last time you told me "I adopted a puppy named Rex"' in reply
+    assert "You told me you adopted a puppy named Rex." in reply
     assert "your name is Sam" not in reply  # "the name of my dog" is not a question about Sam
     assert "your name is Sam" in await responder.reply(ReplyRequest(ctx, "what is my name?"))
-    far = ScoredMemory(rex.memory, 0.5, ("dense",), dense_score=0.2)
+    far = ScoredMemory(rex.memory, 0.5, ("dense",), dense_score=0.1)
     assert "Last time" not in await responder.reply(ReplyRequest(ctx, "what is the name of my dog?", (far,)))
 
 
@@ -197,3 +200,93 @@ def test_build_responder_reads_the_key_only_from_the_environment() -> None:
     assert "sk-a" not in repr(responder)
     assert llm_api_key({"MEMORY_BOT_LLM_API_KEY": "k1", "OPENAI_API_KEY": "k2"}) == "k1"
     assert llm_api_key({}) is None
+
+
+# -- answers about the person, through the real pipeline ---------------------------------------
+
+PERSONA = (  # told in one sitting: each fact is indexed with the words of the one before it
+    "I'm allergic to peanuts",
+    "My sister Ana lives in Lisbon",
+    "My husband is called Tom",
+    "I'm training for a marathon in October",
+    "I play the cello on weekends",
+    "I have a dog named Rex",
+)
+ASKED = {  # each kind of question, and what the reply must hold
+    "What dog do I have?": "you have a dog named Rex",
+    "Where does my sister live?": "your sister Ana lives in Lisbon",
+    "Who is my husband?": "your husband is called Tom",
+    "When is my marathon?": "you're training for a marathon in October",
+    "Which instrument do I play?": "you play the cello on weekends",
+    "Do you remember what I'm allergic to?": "you're allergic to peanuts",
+}
+
+
+async def _told_persona(make_system: Callable[..., MemorySystem]) -> None:
+    async with make_system() as memory:
+        pipeline = ChatPipeline(memory, TemplateResponder())
+        for fact in PERSONA:
+            await pipeline.handle("u1", "Sam", fact)
+
+
+@pytest.mark.parametrize("question", sorted(ASKED))
+async def test_each_kind_of_question_about_the_person_gets_the_fact(
+    make_system: Callable[..., MemorySystem], question: str
+) -> None:
+    await _told_persona(make_system)
+    async with make_system() as memory:  # after a restart
+        reply = await ChatPipeline(memory, TemplateResponder()).handle("u1", "Sam", question)
+    assert f"You told me {ASKED[question]}." in reply
+    assert "Good question" not in reply
+
+
+async def test_what_do_you_know_about_me_summarises_facts_and_preferences(
+    make_system: Callable[..., MemorySystem],
+) -> None:
+    await _told_persona(make_system)
+    async with make_system() as memory:
+        pipeline = ChatPipeline(memory, TemplateResponder())
+        await pipeline.handle("u1", "Sam", "my favourite food is pizza")
+        reply = await pipeline.handle("u1", "Sam", "What do you know about me?")
+    assert reply.startswith("Here's what I know about you: your favourite food is pizza; ")
+    facts = reply.split(": ", 1)[1].rstrip(".").split("; ")[1:]
+    told = [second_person(f) for f in PERSONA]
+    assert len(facts) == 3 and len(set(facts)) == 3 and set(facts) <= set(told)
+
+
+async def test_no_greeting_two_messages_in_a_row(make_system: Callable[..., MemorySystem]) -> None:
+    async with make_system() as memory:
+        pipeline = ChatPipeline(memory, TemplateResponder())
+        first = await pipeline.handle("u1", "Sam", "hello")
+        second = await pipeline.handle("u1", "Sam", "hello")
+        third = await pipeline.handle("u1", "Sam", "I like tea")
+    assert first.startswith("Hi Sam, nice to meet you!")
+    assert "Sam" not in second and "Sam" not in third  # every greeting names the person
+    assert second in ("Tell me more!", "I'll remember that.", "Noted!", "Interesting, go on.")
+
+
+async def test_a_greeting_after_the_person_was_away() -> None:
+    seen = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    ctx = context(conversations_count=5, last_seen=seen, preferences={"name": "Sam"})
+    soon = TemplateResponder(clock=lambda: seen + timedelta(minutes=20))
+    later = TemplateResponder(clock=lambda: seen + timedelta(hours=5))
+    assert not (await soon.reply(ReplyRequest(ctx, "hi"))).startswith("Hello again")
+    assert (await later.reply(ReplyRequest(ctx, "hi"))).startswith("Hello again, Sam.")
+
+
+async def test_a_nonsense_message_quotes_no_memory(make_system: Callable[..., MemorySystem]) -> None:
+    await _told_persona(make_system)
+    async with make_system() as memory:
+        found = await memory.retrieve_memory("u1", "zzzzqqq", 5)
+        reply = await ChatPipeline(memory, TemplateResponder()).handle("u1", "Sam", "zzzzqqq")
+    assert len(found) == 5  # retrieval still ranks something: the responder must judge it
+    assert not any(relevant(r, "zzzzqqq") for r in found)
+    assert "told me" not in reply and "remember" not in reply and '"' not in reply
+
+
+def test_second_person() -> None:
+    assert second_person("I'm allergic to peanuts.") == "you're allergic to peanuts"
+    assert second_person("My sister lives in Lisbon") == "your sister lives in Lisbon"
+    assert second_person("I was born in Porto, it was cold") == "you were born in Porto, it was cold"
+    assert second_person("Ana gave me my first cello") == "Ana gave you your first cello"
+    assert second_person("Rex's vet is Dr. Olsen") == "Rex's vet is Dr. Olsen"

@@ -70,17 +70,20 @@ async def test_kinds_filter_and_k_bound(ms: MemorySystem) -> None:
     assert len(await ms.retrieve_memory("alice", "gardening", k=50)) == 16
 
 
-async def test_neighbouring_turns_of_a_session_share_their_score(ms: MemorySystem) -> None:
-    start = datetime(2026, 5, 1, 12, tzinfo=UTC)
-    texts = ["Do you have any pets?", "Yes, a parrot called Kiwi", "We talked about the weather"]
-    for i, text in enumerate(texts):
-        await ms.save_memory("alice", text, created_at=start + timedelta(minutes=i))
-    await ms.save_memory("alice", "Unrelated later chat", created_at=start + timedelta(days=3))
-    results = await ms.retrieve_memory("alice", "pets", k=4)
-    by_text = {r.memory.text: r for r in results}
-    assert "neighbour" in by_text["Yes, a parrot called Kiwi"].rankers
-    assert "neighbour" not in by_text["Unrelated later chat"].rankers  # another session
-    assert results[0].memory.text == "Do you have any pets?"
+async def test_neighbouring_turns_of_a_session_share_their_score(
+    make_system: Callable[..., MemorySystem],
+) -> None:
+    async with make_system(retrieval={"reranker": False}) as ms:  # the fusion alone
+        start = datetime(2026, 5, 1, 12, tzinfo=UTC)
+        texts = ["Do you have any pets?", "Yes, a parrot called Kiwi", "We talked about the weather"]
+        for i, text in enumerate(texts):
+            await ms.save_memory("alice", text, created_at=start + timedelta(minutes=i))
+        await ms.save_memory("alice", "Unrelated later chat", created_at=start + timedelta(days=3))
+        results = await ms.retrieve_memory("alice", "pets", k=4)
+        by_text = {r.memory.text: r for r in results}
+        assert "neighbour" in by_text["Yes, a parrot called Kiwi"].rankers
+        assert "neighbour" not in by_text["Unrelated later chat"].rankers  # another session
+        assert results[0].memory.text == "Do you have any pets?"
 
 
 async def test_forget_memory_removes_it_and_another_users_id_is_not_found(ms: MemorySystem) -> None:

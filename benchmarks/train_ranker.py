@@ -1,0 +1,227 @@
+"""Train the reranker (memory/ranker.py) on locomo-dev and write memory/ranker_weights.json.
+
+The candidates and features are those the running system computes: the conversations are
+stored through ``MemorySystem`` (one exchange memory per turn, the session time as its time,
+as bench_recall.py does), and every question's pool and feature rows come from the shipped
+``Retriever`` over that database. A logistic regression is fitted on the feature rows (label:
+the turn is evidence for the question), chosen and measured leave-one-conversation-out: fit
+on four conversations, rank the fifth, average over the five folds. The weights written are
+fitted on all five (so the in-sample figure is an optimistic one; LOCO is the honest one).
+
+scikit-learn is needed here only (it comes with sentence-transformers); the running system
+reads the JSON with numpy. The built database and the query vectors are cached under /tmp
+(``--cache``), never in the repository: embedding the set is slow on a busy machine.
+
+    .venv/bin/python benchmarks/train_ranker.py [--data DIR] [--cache DIR] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_recall import DEFAULT_DATA, Question, build, load, recall_table
+
+from memory import load_settings
+from memory.index import PerUserIndex
+from memory.inspector import Inspector, open_encoder
+from memory.ranker import (
+    FEATURES,
+    MODEL_FEATURES,
+    POOL_SIZE,
+    WEIGHTS_FILE,
+    RankerModel,
+    expand,
+    final_order,
+)
+from memory.records import Memory
+from memory.retrieval import Retriever
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@dataclass
+class Sample:
+    """One question's pool: feature rows, labels, and the dia ids in fusion order."""
+
+    question: Question
+    x: np.ndarray
+    ids: list[str]
+    memories: tuple[Memory, ...]
+
+
+async def _inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def cached_database(data: Path, cache: Path, settings: Any) -> Path:
+    """The locomo-dev conversations stored through MemorySystem, built once per model."""
+    turns, _ = load(data, None)
+    slug = hashlib.sha256(f"{data}|{settings.encoder.model}|v1".encode()).hexdigest()[:12]
+    folder = cache / f"db-{slug}"
+    done = folder / "BUILT"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _log(f"building {sum(map(len, turns.values()))} memories in {folder} (once) ...")
+        seconds = await build(folder, settings, turns)
+        done.write_text(f"{seconds:.1f}\n")
+    return folder
+
+
+async def query_vectors(texts: Sequence[str], cache: Path, settings: Any, model: str | None) -> np.ndarray:
+    key = hashlib.sha256("\n".join([settings.encoder.model, *texts]).encode()).hexdigest()[:12]
+    path = cache / f"queries-{key}.npy"
+    if path.exists():
+        cached: np.ndarray = np.load(path)
+        return cached
+    _log(f"embedding {len(texts)} questions (once) ...")
+    encoder = await open_encoder(settings, model)
+    try:
+        vectors = np.vstack([await encoder.encode(list(texts[i : i + 64])) for i in range(0, len(texts), 64)])
+    finally:
+        await encoder.close()
+    np.save(path, vectors)
+    return vectors
+
+
+async def pools(data: Path, cache: Path) -> tuple[list[Sample], float]:
+    """Every question's candidate pool and features, from the shipped retrieval code, and the
+    CPU milliseconds per query of computing the features."""
+    settings = load_settings(overrides={"retrieval": {"reranker": False}})  # pools need no model
+    folder = await cached_database(data, cache, settings)
+    _, questions = load(data, None)
+    questions = [q for q in questions if q.evidence]
+    samples: list[Sample] = []
+    features_cpu = 0.0
+    async with Inspector(folder, settings) as inspector:
+        store = inspector.store
+        model = await inspector.stored_model()
+        vectors = await query_vectors([q.text for q in questions], cache, settings, model)
+        retriever = Retriever(store, settings.retrieval, _inline)
+        indexes: dict[str, PerUserIndex] = {}
+        for q, vector in zip(questions, vectors, strict=True):
+            if q.user not in indexes:
+                rows = await store.embeddings_for(await store.memory_ids(q.user))
+                index = PerUserIndex(vectors.shape[1], settings.encoder.model)
+                matrix = np.vstack([np.frombuffer(r[2], np.float32) for r in rows])
+                index.add(q.user, [r[0] for r in rows], matrix)
+                indexes[q.user] = index
+
+            async def embed(v: np.ndarray = vector) -> np.ndarray:
+                return v
+
+            pool = await retriever.pool(indexes[q.user], q.user, q.text, embed, None)
+            ids = [str(m.metadata.get("dia_id")) for m in pool.memories]
+            cpu = time.process_time()
+            x = pool.features()
+            features_cpu += time.process_time() - cpu
+            samples.append(Sample(q, x, ids, pool.memories))
+    return samples, 1000 * features_cpu / max(1, len(samples))
+
+
+def fit(samples: Sequence[Sample], c: float) -> RankerModel:
+    """A logistic regression on standardised features (scikit-learn, at training time only)."""
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
+
+    x = expand(np.vstack([s.x for s in samples]))
+    y = np.concatenate([[i in s.question.evidence for i in s.ids] for s in samples]).astype(int)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    lr = LogisticRegression(C=c, max_iter=5000)
+    lr.fit((x - mean) / scale, y)
+    return RankerModel(MODEL_FEATURES, mean, scale, lr.coef_[0].copy(), float(lr.intercept_[0]))
+
+
+def rerank(model: RankerModel, samples: Sequence[Sample]) -> list[list[str]]:
+    """Each pool in the order the running system returns (``final_order``)."""
+    return [[s.ids[i] for i in final_order(s.memories, s.x, model.scores(s.x))] for s in samples]
+
+
+def loco(samples: Sequence[Sample], c: float) -> list[list[str]]:
+    """Leave-one-conversation-out orders: every conversation ranked by a model fitted on the others."""
+    users = sorted({s.question.user for s in samples})
+    orders: dict[int, list[str]] = {}
+    for user in users:
+        train = [s for s in samples if s.question.user != user]
+        test = [i for i, s in enumerate(samples) if s.question.user == user]
+        model = fit(train, c)
+        for i, order in zip(test, rerank(model, [samples[i] for i in test]), strict=True):
+            orders[i] = order
+    return [orders[i] for i in range(len(samples))]
+
+
+def _table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, dict[str, Any]]:
+    return recall_table((s.question, order) for s, order in zip(samples, orders, strict=True))
+
+
+def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> float:
+    """Milliseconds per query of the features' second half and the scoring (numpy, one thread)."""
+    started = time.process_time()
+    for s in samples:
+        final_order(s.memories, s.x, model.scores(s.x))
+    return 1000 * (time.process_time() - started) / max(1, len(samples))
+
+
+async def measure(data: Path, cache: Path) -> tuple[RankerModel, dict[str, Any]]:
+    """The model fitted on every conversation, and the figures: fusion, LOCO, in-sample."""
+    started = time.perf_counter()
+    samples, features_ms = await pools(data, cache)
+    _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
+    by_c = {c: _table(samples, loco(samples, c)) for c in C_GRID}
+    best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
+    model = fit(samples, best_c)
+    report = {
+        "dataset": str(data),
+        "questions": len(samples),
+        "pool": POOL_SIZE,
+        "features": len(FEATURES),
+        "model_inputs": len(MODEL_FEATURES),
+        "loco_recall@10_by_C": {str(c): t["overall"]["recall@10"] for c, t in by_c.items()},
+        "C": best_c,
+        "features_ms_per_query": round(features_ms, 3),
+        "scoring_ms_per_query": round(ranker_cost(model, samples), 3),
+        "fusion": _table(samples, [s.ids for s in samples]),
+        "reranked_loco": by_c[best_c],
+        "reranked_in_sample": _table(samples, rerank(model, samples)),
+    }
+    return model, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the locomo-dev folder")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/memory-bot-ranker"), help="cache folder")
+    parser.add_argument("--no-write", action="store_true", help="measure only; keep the weights file")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"train_ranker: no dataset at {args.data}; pass --data")
+    model, report = asyncio.run(measure(args.data, args.cache))
+    if not args.no_write:
+        loco_r10 = report["reranked_loco"]["overall"]["recall@10"]
+        model.save(WEIGHTS_FILE, {"C": report["C"], "loco_recall@10": loco_r10, "trained_on": "locomo-dev"})
+        _log(f"wrote {WEIGHTS_FILE}")
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
