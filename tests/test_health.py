@@ -129,20 +129,15 @@ def test_a_dead_task_in_stats_makes_it_unhealthy_with_the_cause() -> None:
 async def test_healthz_is_503_when_the_commit_writer_dies(
     tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    """Runs once the supervised tasks (memory.Faults, the wt-lifecycle branch) are merged."""
-    faults_type: Any = getattr(memory, "Faults", None)
-    task_name: Any = getattr(memory, "TaskName", None)
-    if faults_type is None or task_name is None:
-        pytest.skip("needs memory.Faults and memory.TaskName (supervised background tasks)")
-    faults = faults_type()
+    faults = memory.Faults()
     system = MemorySystem(
         tmp_path / "data", settings=test_settings(), encoder=HashingEncoder(), faults=faults
-    )  # type: ignore[call-arg,unused-ignore]
+    )
     await system.start()
     server = await serve(system)
     try:
         assert (await get(http, server, "/healthz"))[0] == 200
-        faults.arm(task_name.COMMIT_WRITER, RuntimeError("injected writer bug"))
+        faults.arm(memory.TaskName.COMMIT_WRITER, RuntimeError("injected writer bug"))
         with pytest.raises(memory.MemoryBotError):
             await system.update_context("u1", "hello", "hi")
         status, body = await get(http, server, "/healthz")
