@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from _common import log, run_benchmark, summarise, temp_data_dir
 
 from memory import HashingEncoder, Memory, MemorySystem, load_settings
+from memory.sqlite_connection import sqlite3
 
 WORDS = "pizza coffee hiking chess jazz rain painting guitar soup trains tea cats dogs poetry".split()
 

@@ -11,34 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias, TypeVar
-
-import aiosqlite
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 from memory.errors import BackgroundTaskError, StorageError, SystemClosedError
 from memory.locks import LockLevel, OrderedLock
+from memory.sqlite_connection import AsyncConnection, sqlite3
 from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 Statement: TypeAlias = tuple[str, Sequence[Any]]
 # What binding or running a statement can raise; anything else is a bug and propagates.
 YIELDS_BEFORE_DRAIN = 3
 DB_ERRORS = (sqlite3.Error, ValueError, TypeError, OverflowError)
 
-
-async def run_on_connection_thread(conn: aiosqlite.Connection, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's own thread, in one round trip.
-
-    aiosqlite's public API costs one thread hop per statement; its ``_execute`` runs a whole
-    function there. This is the one place the project reaches for it.
-    """
-    untyped: Any = conn  # _execute is private and untyped
-    result: T = await untyped._execute(fn, untyped._conn, *args)
-    return result
 
 
 def _apply_in_one_transaction(db: sqlite3.Connection, groups: list[tuple[str, list[Sequence[Any]]]]) -> None:
@@ -65,7 +52,7 @@ class _Unit:
 
 class GroupCommitWriter:
     def __init__(
-        self, conn: aiosqlite.Connection, path: str, max_batch: int, supervisor: Supervisor
+        self, conn: AsyncConnection, path: str, max_batch: int, supervisor: Supervisor
     ) -> None:
         self._conn = conn
         self._supervisor = supervisor
@@ -173,7 +160,7 @@ class GroupCommitWriter:
             for shape, units in shapes.items()
             for position, sql in enumerate(shape)
         ]
-        await run_on_connection_thread(self._conn, _apply_in_one_transaction, groups)
+        await self._conn.run(_apply_in_one_transaction, groups)
 
     def _resolve(self, batch: list[_Unit]) -> None:
         self.batches += 1

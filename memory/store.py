@@ -10,7 +10,6 @@ import asyncio
 import functools
 import logging
 import os
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -18,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import aiofiles.os
-import aiosqlite
 import orjson
 
 from memory.coalesce import Coalesced
 from memory.context import UserContext, freeze_json, parse_stored_json, parse_time, stored_row
 from memory.errors import DataDamagedError, StorageError, SystemClosedError
-from memory.group_commit import GroupCommitWriter, Statement, run_on_connection_thread
+from memory.group_commit import GroupCommitWriter, Statement
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25, user_terms
 from memory.records import ErasureRecord, HistoryEntry, Memory
+from memory.sqlite_connection import AsyncConnection, sqlite3
 from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
@@ -189,6 +188,11 @@ def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
             db.execute("ROLLBACK")
             raise
         applied.append(version)
+    if FTS_SECURE_DELETE:
+        # A table setting, kept in the file: deletes remove their terms at once from now on
+        # (such a table is no longer readable by an SQLite older than 3.44).
+        db.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)")
+        db.commit()
     return applied
 
 
@@ -312,8 +316,8 @@ class SqliteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._max_batch = max_batch
         self._readonly = readonly
-        self._write_conn: aiosqlite.Connection | None = None
-        self._read_conn: aiosqlite.Connection | None = None
+        self._write_conn: AsyncConnection | None = None
+        self._read_conn: AsyncConnection | None = None
         self._writer: GroupCommitWriter | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._purge = Coalesced(self._purge_now)
@@ -339,7 +343,7 @@ class SqliteStore:
             await self._write_conn.execute("PRAGMA secure_delete = ON")
             if integrity_check:
                 await self._check_integrity(self._write_conn)
-            applied = await run_on_connection_thread(self._write_conn, migrate, self.path)
+            applied = await self._write_conn.run(migrate, self.path)
             self._read_conn = await self._connect(str(self.path))
         except sqlite3.DatabaseError as exc:
             await self.close()
@@ -349,17 +353,13 @@ class SqliteStore:
             raise
         self._writer = GroupCommitWriter(self._write_conn, str(self.path), self._max_batch, self._supervisor)
         self._writer.start()
-        if FTS_SECURE_DELETE:
-            await self.commit(
-                [("INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)", ())]
-            )
         # Nothing waits on the checkpointer: its death only shows in health and fails the system.
         self._checkpointer = self._supervisor.spawn(
             TaskName.CHECKPOINTER, self._checkpoint_loop, lambda error: None
         )
         return applied
 
-    async def _open_readonly(self) -> aiosqlite.Connection:
+    async def _open_readonly(self) -> AsyncConnection:
         """A ``mode=ro`` connection; in a folder this process cannot write, where SQLite cannot
         create the -shm file that WAL reads need, ``immutable=1`` when the WAL holds nothing."""
         uri = self.path.absolute().as_uri()
@@ -432,8 +432,8 @@ class SqliteStore:
             "wal_truncations_busy": self.wal_truncations_busy,
         }
 
-    async def _connect(self, target: str) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(target, uri=target.startswith("file:"))
+    async def _connect(self, target: str) -> AsyncConnection:
+        conn = await AsyncConnection.connect(target, uri=target.startswith("file:"))
         try:
             await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")  # searches reread FTS5 pages
@@ -443,9 +443,8 @@ class SqliteStore:
             raise
         return conn
 
-    async def _check_integrity(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA quick_check") as cursor:
-            rows = [row[0] for row in await cursor.fetchall()]
+    async def _check_integrity(self, conn: AsyncConnection) -> None:
+        rows = [row[0] for row in await conn.execute_fetchall("PRAGMA quick_check")]
         if rows != ["ok"]:
             problem = sqlite3.DatabaseError("quick_check: " + "; ".join(str(r) for r in rows[:5]))
             raise damaged_database(self.path, problem) from problem

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
+
+from memory.sqlite_connection import sqlite3
 
 
 @contextmanager

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from memory import MemorySystem
 from memory.admin import build_parser, main
+from memory.sqlite_connection import sqlite3
 from tests.admin_fixtures import (
     Cli,
     hashing_settings,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from memory.lexical import user_terms
 from memory.snapshot import read_snapshot
+from memory.sqlite_connection import sqlite3
 from tests.admin_fixtures import (
     HASHING_CONFIG,
     REPO,

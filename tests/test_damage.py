@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sqlite3
 import sys
 from collections.abc import Callable
 from contextlib import closing
@@ -15,6 +14,7 @@ import pytest
 from memory import DataDamagedError, MemorySystem, StorageError
 from memory.inspector import Inspector
 from memory.recovery import DB_NAME
+from memory.sqlite_connection import sqlite3
 from memory.store import database_error
 from tests.admin_fixtures import Cli, hashing_settings, subprocess_env
 from tests.file_faults import read_only_folder, run_on_read_only_mount

@@ -68,6 +68,8 @@ async def test_metrics_parse_and_carry_the_stats(ms: MemorySystem, http: aiohttp
     for user in ("ann", "bo", "cy"):
         await ms.update_context(user, "hello there", "hi")
     await ms.save_memory("ann", "ann keeps bees")
+    for user in ("ann", "bo", "cy"):  # their embeddings committed: no unit is left to come
+        await ms.retrieve_memory(user, "bees")
     server = await serve(ms)
     try:
         status, text = await get(http, server, "/metrics")

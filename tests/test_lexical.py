@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from memory import MemorySystem
 from memory import lexical as lexical_module
 from memory.lexical import read_varint, user_bm25, user_terms, words
 from memory.recovery import DB_NAME
+from memory.sqlite_connection import sqlite3
 from memory.store import SqliteStore
 
 DOCS = [

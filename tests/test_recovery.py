@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from memory import MemorySystem, StorageError
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
 from memory.snapshot import read_snapshot
+from memory.sqlite_connection import sqlite3
 from memory.store import SqliteStore
 
 

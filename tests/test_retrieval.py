@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from memory import HashingEncoder, MemoryNotFoundError, MemorySystem
 from memory.lexical import query_terms, user_key, user_terms
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
 from memory.snapshot import read_snapshot
+from memory.sqlite_connection import sqlite3
 from tests.conftest import test_settings
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from memory import StorageError
 from memory.lexical import user_terms
+from memory.sqlite_connection import sqlite3
 from memory.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate, owner_token
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sqlite3
+import sqlite3 as stdlib_sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -269,7 +269,9 @@ FTS_LAYOUT = ('INSERT INTO "memories_fts_data"', 'INSERT INTO "memories_fts_idx"
 
 def database_rows(path: Path) -> list[str]:
     """Every committed row of the database file, as SQL text, read by a separate connection."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # The standard library's sqlite3: the SQLite the store runs on may lack iterdump; the
+    # file format is the same, and only FTS5's own tables need the newer one to be read.
+    db = stdlib_sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return [line for line in db.iterdump() if not line.startswith(FTS_LAYOUT)]
     finally:
