@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "env":
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
         problems = env_problems(lock, installed(), python)
-        remedy = "run `make install` (it rebuilds the venv from the lock)"
+        venv = Path(sys.prefix)
+        remedy = f"`rm -r {venv.name}` and run make again: it rebuilds the venv from the lock"
     else:
         with args.pyproject.open("rb") as file:
             requirements = declared(tomllib.load(file), lock.extras)
