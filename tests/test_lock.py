@@ -129,3 +129,19 @@ def test_the_lock_parser_reads_pins_reasons_python_and_extras() -> None:
         python="3.11",
         extras=frozenset({"dev"}),
     )
+
+
+def test_the_env_check_stops_on_a_package_at_another_version_than_locked(tmp_path: Path) -> None:
+    have = read_lock(LOCK).pins["numpy"]
+    import numpy
+
+    assert numpy.__version__ == have, "this venv is not the lock's: `rm -r .venv` and run make again"
+    text = LOCK.read_text(encoding="utf-8").replace(f"\nnumpy=={have} ", "\nnumpy==1.26.0 ")
+    lock = tmp_path / "lock.txt"
+    lock.write_text(text, encoding="utf-8")
+    script = ROOT / "requirements" / "lockcheck.py"
+    command = [sys.executable, str(script), "env", str(lock)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert f"numpy==1.26.0 is locked but {have} is installed" in result.stderr
+    assert "and run make again: it rebuilds the venv from the lock" in result.stderr
