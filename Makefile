@@ -1,40 +1,86 @@
-# Every target sets up what it needs: a fresh machine only needs python3 (>= 3.11) and make.
+# Every target sets up what it needs: a fresh machine only needs python3 (3.11, the lock's) and make.
+# Every venv holds exactly one lock's versions, hashes checked: requirements/lock.txt for .venv,
+# requirements/lock-onnx.txt for .venv-onnx (the ONNX extra pins older transformers, so it never
+# shares .venv). `make lock` regenerates the locks from pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+ONNX_VENV := .venv-onnx
+ONNX_LOCK := requirements/lock-onnx.txt
+TOOLS_VENV := .venv-lock
+TOOLS_LOCK := requirements/tools.txt
 
-.PHONY: install install-onnx run test lint bench clean
+.PHONY: install install-onnx run test test-onnx lint check lock lock-check bench clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first and pinned: any other version pulls gigabytes of CUDA packages.
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+# A venv from nothing, from one lock: --no-deps because the lock is complete (nothing is resolved at
+# install time), --require-hashes so that every file is the one locked. torch is locked as the CPU build
+# (2.13.0+cpu): this machine's pip finds it through its configuration; see the README for others.
+# The stamp is written last, so an interrupted install starts over.
+%/.locked:
+	rm -rf $*
+	$(PYTHON) -m venv $*
+	$*/bin/python -m pip install --quiet --require-hashes --no-deps -r $^
+	$*/bin/python -m pip check
+	touch $@
 
-install: $(STAMP)
+$(VENV)/.locked: $(LOCK)
+$(ONNX_VENV)/.locked: $(ONNX_LOCK)
+$(TOOLS_VENV)/.locked: $(TOOLS_LOCK)
 
-# Optional: the ONNX backend (encoder.backend = "onnx"). optimum-onnx needs transformers < 4.58,
-# so this pins an older sentence-transformers than the default install.
-install-onnx: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[onnx]"
+# The project itself, editable, built with the locked setuptools; only this step reruns when
+# pyproject.toml changes without its lock changing (tool settings, scripts).
+%/.installed: %/.locked pyproject.toml
+	$*/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
 
-run: $(STAMP)
+install: $(VENV)/.installed
+
+install-onnx: $(ONNX_VENV)/.installed
+
+run: install
 	$(PY) -m bot $(ARGS)
 
-lint: $(STAMP)
+# Refuses to go on when .venv is not the lock (a package added, upgraded or downgraded by hand),
+# or when the lock no longer matches pyproject.toml.
+check: install
+	$(PY) requirements/lockcheck.py env $(LOCK)
+	$(PY) requirements/lockcheck.py pyproject $(LOCK)
+	$(PY) requirements/lockcheck.py pyproject $(ONNX_LOCK)
+
+lock-check: check
+
+lint: check
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
 test: lint
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+# The encoder's tests in .venv-onnx, where the ONNX backend is installed. optimum-onnx's one-time
+# export goes through torch's TorchScript exporter, which warns (deprecation, tracing): not ours to fix.
+ONNX_EXPORT_WARNINGS := \
+	-W "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning" \
+	-W "ignore:The feature will be removed:DeprecationWarning" \
+	-W "ignore:torch.tensor results are registered as constants" \
+	-W "ignore:Converting a tensor to a Python"
+
+test-onnx: install-onnx
+	$(ONNX_VENV)/bin/python requirements/lockcheck.py env $(ONNX_LOCK)
+	$(ONNX_VENV)/bin/python -m pytest -q $(ONNX_EXPORT_WARNINGS) tests/test_encoder.py
+
+# Keeps every pin it can (pip-compile's default); `make lock LOCK_ARGS=--upgrade` moves all to the newest.
+COMPILE = $(TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+
+lock: $(TOOLS_VENV)/.locked
+	$(COMPILE) --extra dev --output-file $(LOCK) pyproject.toml requirements/installer.in
+	$(COMPILE) --extra dev --extra onnx --output-file $(ONNX_LOCK) pyproject.toml requirements/installer.in
+
+bench: install
 	$(PY) benchmarks/bench_context.py
 	$(PY) benchmarks/bench_retrieval.py
 	$(PY) benchmarks/bench_recall.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ONNX_VENV) $(TOOLS_VENV) .mypy_cache .ruff_cache .pytest_cache

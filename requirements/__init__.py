@@ -1,0 +1,1 @@
+"""The lock files and the check that keeps them, pyproject.toml and the venv in step (see the Makefile)."""
