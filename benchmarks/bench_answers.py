@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _common import emit
 
 from bot.pipeline import ChatPipeline
 from bot.responder import build_responder
@@ -212,10 +213,7 @@ async def main() -> None:
         report = await run(folder, settings)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _common import emit
+
 from memory import MemorySystem, load_settings
 from memory.encoder import effective_precision  # internal: the number format in use
 
@@ -200,10 +202,7 @@ async def main() -> None:
             report["leave_one_conversation_out"] = (await measure(args.data, args.cache))[1]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ rename), beside the memory it protects, so a backup of the folder carries it too
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import orjson
 
-from memory import StorageError
+from memory import StorageError, atomic_write
 
 FILENAME = "blocked-users.json"
 
@@ -68,22 +67,10 @@ class BlockList:
         if self.path is None:
             raise StorageError("the block list is not loaded yet; start the bot first")
         try:
-            await asyncio.to_thread(_write_atomically, self.path, orjson.dumps(sorted(ids)))
+            await asyncio.to_thread(atomic_write, self.path, orjson.dumps(sorted(ids)))
         except OSError as exc:
             raise StorageError(
                 f"cannot write the block list {self.path}: {exc.strerror or exc}", self.path
             ) from exc
         self._ids = ids
         return True
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)

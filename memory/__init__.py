@@ -3,6 +3,7 @@
 Only the names in ``__all__`` are public; the bot and the admin CLI use nothing else.
 """
 
+from memory.atomic import atomic_write
 from memory.context import Exchange, UserContext
 from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
@@ -62,5 +63,6 @@ __all__ = [
     "UserContext",
     "UserNotFoundError",
     "VersionNotFoundError",
+    "atomic_write",
     "load_settings",
 ]
