@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 INDEX_SAVE_INTERVAL = 30.0
 # After an erasure the index file is rewritten this soon, not at the usual interval: a forgotten
 # person's vectors must not stay on disk (a start also drops any it finds there).
-ERASURE_SAVE_DELAY = 1.0
+ERASURE_SAVE_DELAY = 5.0
 
 
 def embedding_text(memory: Memory) -> str:
