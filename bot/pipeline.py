@@ -8,6 +8,7 @@ from typing import Any
 
 from bot import persona
 from bot.formatting import shorten
+from bot.privacy import DM, Place, public_preferences, remembering, visible_exchanges, visible_scopes
 from bot.responder import ReplyRequest, Responder
 from memory import MemorySystem
 
@@ -16,7 +17,12 @@ MAX_DISPLAY_NAME = 100
 
 
 class ChatPipeline:
-    """get context -> learn preferences -> retrieve memories -> reply -> update_context."""
+    """get context -> learn preferences -> retrieve memories -> reply -> update_context.
+
+    Everything runs in the scope of the message's place: the memories and recent exchanges
+    used are only those visible there (``bot.privacy.visible_scopes``), and the exchange is
+    stored with that scope, unless the person turned memory off (then nothing is stored).
+    """
 
     def __init__(self, memory: MemorySystem, responder: Responder) -> None:
         self.memory = memory
@@ -29,8 +35,10 @@ class ChatPipeline:
         text: str,
         *,
         source_id: str | None = None,
+        place: Place = DM,
     ) -> str:
-        """The reply to ``text``; the exchange is stored (from ``source_id``) before this returns.
+        """The reply to ``text`` said at ``place``; the exchange is stored (from ``source_id``,
+        in the place's scope) before this returns, unless the person turned memory off.
 
         Raises the library's MemoryBotError subclasses; callers turn them into friendly replies.
         """
@@ -45,7 +53,9 @@ class ChatPipeline:
             )
         name = display_name.strip()[:MAX_DISPLAY_NAME]
         context = await self.memory.get_user_context(user_id)
-        found = persona.extract_preferences(text)
+        remember = remembering(context)
+        # With memory off nothing is learned either: the reply must not promise to remember.
+        found = persona.extract_preferences(text) if remember else []
         # What this message teaches, as seen now, for the reply; the commit below computes it
         # again under the user's lock from the then current preferences, so two quick messages
         # ("I love jazz", "I love rock") both count.
@@ -55,10 +65,18 @@ class ChatPipeline:
             context = context.copy_with(
                 preferences={key: value for key, value in preview.items() if value is not None}
             )
-        k = self.memory.settings.bot.memories_in_reply
-        memories = await self.memory.retrieve_memory(user_id, text, k) if k else []
-        request = ReplyRequest(context, text, tuple(memories), learned, name)
+        bot_settings = self.memory.settings.bot
+        scopes = await visible_scopes(self.memory, user_id, place, bot_settings.no_cross_guild)
+        k = bot_settings.memories_in_reply
+        memories = await self.memory.retrieve_memory(user_id, text, k, scopes=scopes) if k else []
+        shown = context.copy_with(
+            recent=visible_exchanges(context.recent, scopes),
+            preferences=public_preferences(context.preferences),
+        )
+        request = ReplyRequest(shown, text, tuple(memories), learned, name)
         reply = (await self.responder.reply(request)).strip() or "…"
+        if not remember:
+            return reply
         await self.memory.update_context(
             user_id,
             text,
@@ -67,6 +85,8 @@ class ChatPipeline:
             preferences=lambda current: self._changes(user_id, found, current),
             source_id=source_id,
             actor="bot",
+            scope=place.scope,
+            metadata=place.metadata(),
         )
         return reply
 

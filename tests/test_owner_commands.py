@@ -15,7 +15,7 @@ from tests.bot_fixtures import BotFactory, dm_channel, make_bot, member, payload
 
 __all__ = ["make_bot"]  # the fixture, imported explicitly
 OWNER_COMMANDS = ("forget-user", "block", "unblock", "stats", "sync")
-MEMORY_COMMANDS = ("remember", "recall", "forget", "profile", "export", "help")
+MEMORY_COMMANDS = ("remember", "recall", "forget", "profile", "export", "help", "memory", "privacy")
 
 
 async def say(text: str, who: int) -> str:
