@@ -105,7 +105,7 @@ def _rewritten(
     out: list[Exchange] = []
     changed = False
     for exchange in recent:
-        if not target.matches(exchange):
+        if not target.matches(exchange) or exchange.message == message:
             out.append(exchange)
             continue
         changed = True

@@ -843,6 +843,7 @@ class MemorySystem:
             )
             for m in memories
         ]
+        edited = [m for m, old_m in zip(edited, memories, strict=True) if m.text != old_m.text]
         statements: list[Statement] = []
         links = await self._store.session_neighbours([m.id for m in edited])
         rows = await self._store.memories_by_id(

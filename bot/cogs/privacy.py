@@ -9,9 +9,8 @@ exchanges older than that are pruned every hour, their history states compacted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands, tasks
@@ -73,13 +72,13 @@ class PrivacyCog(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
-        data: Mapping[str, Any] = payload.data  # a partial update may lack any field
-        content = data.get("content")
-        if not isinstance(content, str):
-            return  # an embed or flags update: the words did not change
-        author = data.get("author") or {}
-        if author.get("bot"):
+        message = payload.message
+        if message.author.bot:
             return
+        before = payload.cached_message
+        if before is not None and before.content == message.content:
+            return  # an embed or flags update: the words did not change
+        content = message.content
         source = str(payload.message_id)
         text = self.edited_text(content)
         try:
