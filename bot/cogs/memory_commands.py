@@ -166,14 +166,14 @@ class MemoryCommands(commands.Cog):
         # In a server channel the file would be public: a prefix command gets it by DM.
         await self._send_private(ctx, "Here is everything I have stored about you.", file=file)
 
-    # The slash form of `list` is the group's fallback; the prefix form is the hidden subcommand.
-    @commands.hybrid_group(name="memory", fallback="list", invoke_without_command=True)  # type: ignore[arg-type]
-    @app_commands.describe(page="Which page of the list")
+    # `!memory [page]` lists too; a slash group cannot be run itself, so there it is /memory list.
+    @commands.hybrid_group(name="memory", invoke_without_command=True)  # type: ignore[arg-type]
     async def memory(self, ctx: Ctx, page: int = 1) -> None:
         """Your memory: list [page], on, off, share on|off."""
         await self._list(ctx, page)
 
-    @memory.command(name="list", with_app_command=False)  # type: ignore[arg-type]
+    @memory.command(name="list")  # type: ignore[arg-type]
+    @app_commands.describe(page="Which page of the list")
     async def memory_list(self, ctx: Ctx, page: int = 1) -> None:
         """What I have stored about you, with ids, dates and where it was said (privately)."""
         await self._list(ctx, page)

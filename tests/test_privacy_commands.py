@@ -1,0 +1,268 @@
+"""Privacy scopes through the bot (dpytest, real discord.py objects, a real MemorySystem):
+what is said in a DM stays in the DM, whatever shows memories answers privately, and the
+person's own controls (memory off/on/list/share, privacy) and edits, leaving and retention work.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import discord
+import discord.ext.test as dpytest
+import orjson
+from discord import app_commands
+from discord.ext.test import factories as facts
+
+from bot.actions import MemoryActions
+from bot.app import MemoryBot
+from bot.cogs.privacy import PrivacyCog
+from bot.pipeline import ChatPipeline
+from bot.privacy import Place
+from bot.responder import ReplyRequest, TemplateResponder
+from memory import HashingEncoder, MemorySystem
+from tests.bot_fixtures import BotFactory, bot_settings, dm_channel, make_bot, member, sent_messages
+from tests.test_erasure import folder_bytes
+
+__all__ = ["make_bot"]  # the fixture, imported explicitly
+
+CONFIDENCE = "I'm recovering from depression and my therapist is Dr Lee"
+PRIVATE_WORDS = ("depression", "Dr Lee", "recovering")
+
+
+class RecordingTemplate(TemplateResponder):
+    """The offline responder, keeping every request it was given (what a reply could use)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[ReplyRequest] = []
+
+    async def reply(self, request: ReplyRequest) -> str:
+        self.requests.append(request)
+        return await super().reply(request)
+
+
+def guild() -> discord.Guild:
+    return dpytest.get_config().guilds[0]
+
+
+def mention(bot: MemoryBot, text: str) -> str:
+    assert bot.user is not None
+    return f"<@{bot.user.id}> {text}"
+
+
+async def in_dm(text: str, who: int = 0) -> list[discord.Message]:
+    await dpytest.message(text, channel=await dm_channel(who), member=member(who))
+    return sent_messages()
+
+
+async def in_guild(text: str, who: int = 0) -> list[discord.Message]:
+    await dpytest.message(text, member=member(who))
+    return sent_messages()
+
+
+async def test_a_dm_confidence_never_appears_in_a_guild_reply(make_bot: BotFactory) -> None:
+    responder = RecordingTemplate()
+    bot = await make_bot(responder=responder)
+    await in_dm(CONFIDENCE)
+    [reply] = await in_guild(mention(bot, "my therapist appointment is today, wish me luck"))
+    assert reply.channel.type is discord.ChannelType.text
+    assert not any(word in reply.content for word in PRIVATE_WORDS), reply.content
+    guild_request = responder.requests[-1]
+    assert [m.memory.scope for m in guild_request.memories] == []  # nothing of the guild yet
+    assert [e.scope for e in guild_request.context.recent] == []
+    # The same words in the DM do find it: the guild reply was filtered, not unlucky.
+    await in_dm("my therapist appointment is today, wish me luck")
+    assert any("Dr Lee" in m.memory.text for m in responder.requests[-1].memories)
+    # And a later guild reply still sees only the guild's own exchange.
+    await in_guild(mention(bot, "how did my therapist appointment go?"))
+    later = responder.requests[-1]
+    assert {m.memory.scope for m in later.memories} == {f"guild:{guild().id}"}
+    assert all(e.scope == f"guild:{guild().id}" for e in later.context.recent)
+
+
+async def test_recall_in_a_guild_answers_by_dm_with_a_public_note(make_bot: BotFactory) -> None:
+    await make_bot()
+    await in_dm(CONFIDENCE)
+    private, public = await in_guild("!recall therapist")
+    assert private.channel.type is discord.ChannelType.private and "Dr Lee" in private.content
+    assert public.channel.type is discord.ChannelType.text
+    assert public.content == "I've sent you a DM."
+    [in_place] = await in_dm("!recall therapist")  # in a DM the answer stays there
+    assert in_place.channel.type is discord.ChannelType.private and "Dr Lee" in in_place.content
+
+
+async def test_memory_list_shows_ids_dates_and_places_privately(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    note = await bot.memory.save_memory(member(0).id, "my cat is Miso", scope=f"guild:{guild().id}")
+    await in_dm(CONFIDENCE)
+    private, public = await in_guild("!memory list")
+    assert public.content == "I've sent you a DM." and "Miso" not in public.content
+    lines = private.content.splitlines()
+    assert lines[0] == "What I have stored about you (page 1):"
+    assert lines[1] == f"#{note.id} (note, {note.created_at:%Y-%m-%d}, server {guild().id}): my cat is Miso"
+    assert lines[2].endswith(f"DM): alice: {CONFIDENCE} Bot: " + lines[2].split(" Bot: ", 1)[1])
+    for _ in range(10):
+        await bot.memory.save_memory(member(0).id, "filler")
+    first = (await in_dm("!memory list"))[0].content
+    assert "More: `memory list 2`" in first
+    second = (await in_dm("!memory 2"))[0].content
+    assert second.startswith("What I have stored about you (page 2):") and "filler" in second
+    assert (await in_dm("!memory list 9"))[0].content == "There is no page 9."
+
+
+async def test_memory_off_stores_nothing_of_later_messages(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    await in_dm("hello there")
+    [off] = await in_dm("!memory off")
+    assert "Memory is off" in off.content
+    before = (await bot.memory.get_memories(member(0).id), len(await bot.memory.history(member(0).id)))
+    secret = "Zanzibarian quokkas adore marzipan"
+    await in_dm(f"I love marzipan. {secret}")
+    await in_guild(mention(bot, f"psst: {secret}"))
+    [refused] = await in_dm("!remember my pin is 4242")
+    assert "Memory is off" in refused.content
+    uid = member(0).id
+    assert (await bot.memory.get_memories(uid), len(await bot.memory.history(uid))) == before
+    ctx = await bot.memory.get_user_context(uid)
+    assert [e.message for e in ctx.recent] == ["hello there"]
+    assert "likes" not in ctx.preferences  # nothing learned either
+    assert all(b not in folder_bytes(bot.memory.data_dir) for b in (b"quokka", b"marzipan", b"4242"))
+    [on] = await in_dm("!memory on")
+    assert "Memory is on" in on.content
+    await in_dm("remember this one")
+    assert [e.message for e in (await bot.memory.get_user_context(uid)).recent][-1] == "remember this one"
+
+
+async def test_an_edited_message_updates_its_memory_everywhere(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    dm = await dm_channel(0)
+    said = await dpytest.message("I live in Zanzibarville", channel=dm, member=member(0))
+    note = await dpytest.message("!remember my cat is Miso", member=member(0))
+    sent_messages()
+    for message, content in ((said, "I live in Quokkatown"), (note, "!remember my cat is Mochi")):
+        data = {**facts.dict_from_message(message), "content": content}
+        edited = discord.Message(state=message._state, channel=message.channel, data=data)
+        bot.dispatch("raw_message_edit", discord.RawMessageUpdateEvent(data, edited))  # type: ignore[arg-type]
+    await dpytest.run_all_events()
+    uid = member(0).id
+    texts = [m.text for m in await bot.memory.get_memories(uid)]
+    assert texts[0].startswith("alice: I live in Quokkatown\nBot: ") and texts[1] == "my cat is Mochi"
+    ctx = await bot.memory.get_user_context(uid)
+    assert [e.message for e in ctx.recent] == ["I live in Quokkatown"]
+    history = orjson.dumps([e.to_dict() for e in await bot.memory.history(uid)]).decode()
+    assert "Zanzibarville" not in history and "Miso" not in history
+    assert b"zanzibarville" not in folder_bytes(bot.memory.data_dir)
+
+
+async def test_leaving_a_guild_forgets_it_and_a_member_leaving_only_when_asked(
+    make_bot: BotFactory,
+) -> None:
+    bot = await make_bot(forget_member_on_leave=True)
+    scope = f"guild:{guild().id}"
+    await in_guild(mention(bot, "a guild thing"), 0)
+    await in_guild(mention(bot, "another guild thing"), 1)
+    await in_dm("a private thing", 0)
+    alice, bob = member(0), member(1)
+    user = discord.User(state=alice._state, data=facts.dict_from_user(bob._user))
+    remove = discord.RawMemberRemoveEvent({"guild_id": str(guild().id), "user": {}}, user)  # type: ignore[typeddict-item]
+    bot.dispatch("raw_member_remove", remove)
+    await dpytest.run_all_events()
+    await _settle(bot)
+    assert await bot.memory.get_memories(bob.id) == []
+    assert [m.scope for m in await bot.memory.get_memories(alice.id)] == [scope, "dm"]
+    bot.dispatch("guild_remove", guild())
+    await _settle(bot)
+    assert [m.scope for m in await bot.memory.get_memories(alice.id)] == ["dm"]
+    assert all(e.scope == "dm" for e in (await bot.memory.get_user_context(alice.id)).recent)
+
+
+async def _settle(bot: MemoryBot) -> None:
+    """Wait for the listeners dispatched as tasks (discord.py schedules each one)."""
+    await dpytest.run_all_events()
+    import asyncio
+
+    pending = [t for t in asyncio.all_tasks() if t.get_name().startswith("discord.py: on_")]
+    await asyncio.gather(*pending)
+
+
+async def test_a_member_leaving_keeps_their_memories_by_default(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    await in_guild(mention(bot, "a guild thing"), 1)
+    bob = member(1)
+    user = discord.User(state=bob._state, data=facts.dict_from_user(bob._user))
+    remove = discord.RawMemberRemoveEvent({"guild_id": str(guild().id), "user": {}}, user)  # type: ignore[typeddict-item]
+    bot.dispatch("raw_member_remove", remove)
+    await _settle(bot)
+    assert len(await bot.memory.get_memories(bob.id)) == 1
+
+
+async def test_retention_prunes_old_exchanges(make_bot: BotFactory) -> None:
+    bot = await make_bot(retention_days=1)
+    await in_dm("an old thing")
+    await bot.memory.save_memory(member(0).id, "a note")
+    cog: Any = bot.get_cog("PrivacyCog")  # loaded as an extension: its own module object
+    assert type(cog).__name__ == PrivacyCog.__name__ and cog.retention.is_running()
+    assert await cog.prune() == 0  # nothing is a day old yet
+    assert await cog.prune(now=datetime.now(UTC) + timedelta(days=1, seconds=1)) == 1
+    assert [m.text for m in await bot.memory.get_memories(member(0).id)] == ["a note"]
+    assert (await bot.memory.get_user_context(member(0).id)).recent == ()
+
+
+async def test_sharing_across_guilds_is_opt_in_never_includes_dms_and_can_be_closed(
+    tmp_path: Path,
+) -> None:
+    for closed in ((), ("1",)):
+        settings = bot_settings(no_cross_guild=list(closed))
+        async with MemorySystem(tmp_path / f"data{len(closed)}", settings=settings, encoder=HashingEncoder()) as ms:
+            responder = RecordingTemplate()
+            pipeline = ChatPipeline(ms, responder)
+            actions = MemoryActions(ms)
+            await pipeline.handle("ana", "Ana", "my parrot Kiwi talks a lot", place=Place(1, 10))
+            await pipeline.handle("ana", "Ana", "my parrot is secretly ill", place=Place(None, 99))
+
+            async def seen_in_guild_2() -> set[str]:
+                await pipeline.handle("ana", "Ana", "how is my parrot?", place=Place(2, 20))
+                return {m.memory.scope for m in responder.requests[-1].memories}
+
+            assert await seen_in_guild_2() <= {"guild:2"}
+            await actions.set_share("ana", on=True)
+            expected = {"guild:2"} if closed else {"guild:1", "guild:2"}
+            assert await seen_in_guild_2() == expected
+            await pipeline.handle("ana", "Ana", "how is my parrot?", place=Place(1, 10))
+            assert {m.memory.scope for m in responder.requests[-1].memories} == (
+                {"guild:1"} if closed else {"guild:1", "guild:2"}
+            )
+            await actions.set_share("ana", on=False)
+            assert await seen_in_guild_2() == {"guild:2"}
+            profile = await actions.profile("ana")
+            assert "privacy" not in profile  # the switches are no preferences to show
+
+
+async def test_privacy_states_storage_retention_controls_and_the_llm(make_bot: BotFactory) -> None:
+    await make_bot(retention_days=30)
+    [statement] = await in_guild("!privacy")
+    text = statement.content
+    for part in ("for 30 days", "memory off", "forget all", "export", "stays in DMs", "nothing is sent"):
+        assert part in text, part
+
+
+def test_the_memory_group_and_privacy_are_slash_commands(tmp_path: Path) -> None:
+    import asyncio
+
+    async def tree_names() -> dict[str, set[str]]:
+        settings = bot_settings()
+        bot = MemoryBot(MemorySystem(tmp_path, settings=settings, encoder=HashingEncoder()), settings)
+        from bot.cogs.memory_commands import MemoryCommands
+
+        await bot.add_cog(MemoryCommands(bot))
+        out: dict[str, set[str]] = {}
+        for command in bot.tree.get_commands():
+            subs = command.commands if isinstance(command, app_commands.Group) else []
+            out[command.name] = {c.name for c in subs}
+        return out
+
+    names = asyncio.run(tree_names())
+    assert names["memory"] == {"list", "on", "off", "share"}
+    assert "privacy" in names
