@@ -5,6 +5,7 @@ person's own controls (memory off/on/list/share, privacy) and edits, leaving and
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,13 @@ from typing import Any
 import discord
 import discord.ext.test as dpytest
 import orjson
+import pytest
 from discord import app_commands
 from discord.ext.test import factories as facts
 
 from bot.actions import MemoryActions
 from bot.app import MemoryBot
+from bot.cogs.memory_commands import MemoryCommands
 from bot.cogs.privacy import PrivacyCog
 from bot.pipeline import ChatPipeline
 from bot.privacy import Place
@@ -142,10 +145,10 @@ async def test_an_edited_message_updates_its_memory_everywhere(make_bot: BotFact
     note = await dpytest.message("!remember my cat is Miso", member=member(0))
     sent_messages()
     for message, content in ((said, "I live in Quokkatown"), (note, "!remember my cat is Mochi")):
-        data = {**facts.dict_from_message(message), "content": content}
+        data: Any = {**facts.dict_from_message(message), "content": content}  # a gateway update
         edited = discord.Message(state=message._state, channel=message.channel, data=data)
-        bot.dispatch("raw_message_edit", discord.RawMessageUpdateEvent(data, edited))  # type: ignore[arg-type]
-    await dpytest.run_all_events()
+        bot.dispatch("raw_message_edit", discord.RawMessageUpdateEvent(data, edited))
+    await _settle(bot)
     uid = member(0).id
     texts = [m.text for m in await bot.memory.get_memories(uid)]
     assert texts[0].startswith("alice: I live in Quokkatown\nBot: ") and texts[1] == "my cat is Mochi"
@@ -165,7 +168,8 @@ async def test_leaving_a_guild_forgets_it_and_a_member_leaving_only_when_asked(
     await in_guild(mention(bot, "another guild thing"), 1)
     await in_dm("a private thing", 0)
     alice, bob = member(0), member(1)
-    user = discord.User(state=alice._state, data=facts.dict_from_user(bob._user))
+    user = bot.get_user(bob.id)
+    assert user is not None
     remove = discord.RawMemberRemoveEvent({"guild_id": str(guild().id), "user": {}}, user)  # type: ignore[typeddict-item]
     bot.dispatch("raw_member_remove", remove)
     await dpytest.run_all_events()
@@ -181,8 +185,6 @@ async def test_leaving_a_guild_forgets_it_and_a_member_leaving_only_when_asked(
 async def _settle(bot: MemoryBot) -> None:
     """Wait for the listeners dispatched as tasks (discord.py schedules each one)."""
     await dpytest.run_all_events()
-    import asyncio
-
     pending = [t for t in asyncio.all_tasks() if t.get_name().startswith("discord.py: on_")]
     await asyncio.gather(*pending)
 
@@ -191,7 +193,8 @@ async def test_a_member_leaving_keeps_their_memories_by_default(make_bot: BotFac
     bot = await make_bot()
     await in_guild(mention(bot, "a guild thing"), 1)
     bob = member(1)
-    user = discord.User(state=bob._state, data=facts.dict_from_user(bob._user))
+    user = bot.get_user(bob.id)
+    assert user is not None
     remove = discord.RawMemberRemoveEvent({"guild_id": str(guild().id), "user": {}}, user)  # type: ignore[typeddict-item]
     bot.dispatch("raw_member_remove", remove)
     await _settle(bot)
@@ -210,34 +213,29 @@ async def test_retention_prunes_old_exchanges(make_bot: BotFactory) -> None:
     assert (await bot.memory.get_user_context(member(0).id)).recent == ()
 
 
+@pytest.mark.parametrize("closed", [False, True])
 async def test_sharing_across_guilds_is_opt_in_never_includes_dms_and_can_be_closed(
-    tmp_path: Path,
+    tmp_path: Path, closed: bool
 ) -> None:
-    for closed in ((), ("1",)):
-        settings = bot_settings(no_cross_guild=list(closed))
-        async with MemorySystem(tmp_path / f"data{len(closed)}", settings=settings, encoder=HashingEncoder()) as ms:
-            responder = RecordingTemplate()
-            pipeline = ChatPipeline(ms, responder)
-            actions = MemoryActions(ms)
-            await pipeline.handle("ana", "Ana", "my parrot Kiwi talks a lot", place=Place(1, 10))
-            await pipeline.handle("ana", "Ana", "my parrot is secretly ill", place=Place(None, 99))
+    settings = bot_settings(no_cross_guild=["1"] if closed else [])
+    async with MemorySystem(tmp_path, settings=settings, encoder=HashingEncoder()) as ms:
+        responder = RecordingTemplate()
+        pipeline = ChatPipeline(ms, responder)
+        actions = MemoryActions(ms)
+        await pipeline.handle("ana", "Ana", "my parrot Kiwi talks a lot", place=Place(1, 10))
+        await pipeline.handle("ana", "Ana", "my parrot is secretly ill", place=Place(None, 99))
 
-            async def seen_in_guild_2() -> set[str]:
-                await pipeline.handle("ana", "Ana", "how is my parrot?", place=Place(2, 20))
-                return {m.memory.scope for m in responder.requests[-1].memories}
+        async def seen_in(guild_id: int) -> set[str]:
+            await pipeline.handle("ana", "Ana", "how is my parrot?", place=Place(guild_id, 20))
+            return {m.memory.scope for m in responder.requests[-1].memories}
 
-            assert await seen_in_guild_2() <= {"guild:2"}
-            await actions.set_share("ana", on=True)
-            expected = {"guild:2"} if closed else {"guild:1", "guild:2"}
-            assert await seen_in_guild_2() == expected
-            await pipeline.handle("ana", "Ana", "how is my parrot?", place=Place(1, 10))
-            assert {m.memory.scope for m in responder.requests[-1].memories} == (
-                {"guild:1"} if closed else {"guild:1", "guild:2"}
-            )
-            await actions.set_share("ana", on=False)
-            assert await seen_in_guild_2() == {"guild:2"}
-            profile = await actions.profile("ana")
-            assert "privacy" not in profile  # the switches are no preferences to show
+        assert await seen_in(2) <= {"guild:2"}
+        await actions.set_share("ana", on=True)
+        assert await seen_in(2) == ({"guild:2"} if closed else {"guild:1", "guild:2"})
+        assert await seen_in(1) == ({"guild:1"} if closed else {"guild:1", "guild:2"})
+        await actions.set_share("ana", on=False)
+        assert await seen_in(2) == {"guild:2"}
+        assert "privacy" not in await actions.profile("ana")  # the switches are no preferences
 
 
 async def test_privacy_states_storage_retention_controls_and_the_llm(make_bot: BotFactory) -> None:
@@ -249,13 +247,9 @@ async def test_privacy_states_storage_retention_controls_and_the_llm(make_bot: B
 
 
 def test_the_memory_group_and_privacy_are_slash_commands(tmp_path: Path) -> None:
-    import asyncio
-
     async def tree_names() -> dict[str, set[str]]:
         settings = bot_settings()
         bot = MemoryBot(MemorySystem(tmp_path, settings=settings, encoder=HashingEncoder()), settings)
-        from bot.cogs.memory_commands import MemoryCommands
-
         await bot.add_cog(MemoryCommands(bot))
         out: dict[str, set[str]] = {}
         for command in bot.tree.get_commands():
