@@ -34,18 +34,26 @@ async def test_a_guild_retrieve_never_returns_a_dm_memory_and_still_finds_k(
     words = ["therapist", "appointment", "lee", "tuesday", "doctor", "clinic", "session", "notes"]
     async with make_system(retrieval={"reranker": reranker}) as ms:
         made = {}
-        for i in range(60):  # DM memories far more relevant to the query than the guild's
+        for i in range(180):  # DM memories far more relevant to the query than the guild's
             scope = (GUILD, "dm", OTHER)[i % 3]
             text = " ".join(rng.sample(words, 5)) if scope != GUILD else f"guild chat {i} about a doctor"
             memory = await ms.save_memory("ana", text, scope=scope)
             made[memory.id] = scope
         for k in (1, 5, 20):
             found = await ms.retrieve_memory("ana", "my therapist appointment with Dr Lee", k, scopes={GUILD})
-            assert len(found) == k  # 20 guild memories exist: a post-filter would return fewer
+            assert len(found) == k  # 60 guild memories exist: a post-filter would return fewer
             assert {made[r.memory.id] for r in found} == {GUILD}
         both = await ms.retrieve_memory("ana", "therapist appointment", 20, scopes={GUILD, OTHER})
         assert len(both) == 20 and {r.memory.scope for r in both} <= {GUILD, OTHER}
         assert "dm" in {r.memory.scope for r in await ms.retrieve_memory("ana", "therapist lee", 5)}
+        counts = {scope: list(made.values()).count(scope) for scope in (GUILD, "dm", OTHER)}
+        for _ in range(25):  # any set of scopes, any k: only those scopes, and min(k, allowed) of them
+            scopes = set(rng.sample(sorted(counts), rng.randint(1, 3)))
+            k = rng.randint(1, 50)
+            query = " ".join(rng.sample(words, 3))
+            found = await ms.retrieve_memory("ana", query, k, scopes=scopes)
+            assert {made[r.memory.id] for r in found} <= scopes
+            assert len(found) == min(k, sum(counts[s] for s in scopes)), (scopes, k)
         assert await ms.retrieve_memory("ana", "therapist", 5, scopes=set()) == []
         with pytest.raises(InvalidInputError, match="scopes"):
             await ms.retrieve_memory("ana", "therapist", 5, scopes="guild:1")
