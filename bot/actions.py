@@ -190,7 +190,8 @@ class MemoryActions:
             f"{self._confirm_seconds:.0f} seconds."
         )
 
-    async def profile(self, user_id: str | int) -> str:
+    async def profile(self, user_id: str | int, *, place: Place | None = None) -> str:
+        """What is known of the person, as may be shown at ``place`` (None: in private)."""
         context = await self.memory.get_user_context(user_id)
         count = await self.memory.count_memories(user_id)
         name = context.preferences.get(persona.NAME_KEY) or context.display_name or "(no name yet)"
@@ -202,7 +203,7 @@ class MemoryActions:
             f"Memories: {count}",
             f"Memory: {'on' if remembering(context) else 'off'}",
         ]
-        prefs = persona.describe_preferences(public_preferences(context.preferences))
+        prefs = persona.describe_preferences(public_preferences(context.preferences, place))
         lines.append("Preferences:" + ("" if prefs else " none yet"))
         lines += [f"- {line}" for line in prefs]
         return "\n".join(lines)

@@ -8,7 +8,16 @@ from typing import Any
 
 from bot import persona
 from bot.formatting import shorten
-from bot.privacy import DM, Place, public_preferences, remembering, visible_exchanges, visible_scopes
+from bot.privacy import (
+    DM,
+    Place,
+    needs_dm_key,
+    public_preferences,
+    remembering,
+    visible_exchanges,
+    visible_scopes,
+    with_origin,
+)
 from bot.responder import ReplyRequest, Responder
 from memory import MemorySystem
 
@@ -59,7 +68,7 @@ class ChatPipeline:
         # What this message teaches, as seen now, for the reply; the commit below computes it
         # again under the user's lock from the then current preferences, so two quick messages
         # ("I love jazz", "I love rock") both count.
-        learned = self._changes(user_id, found, context.preferences)
+        learned = self._changes(user_id, found, context.preferences, place)
         if learned:
             preview = {**context.preferences, **learned}
             context = context.copy_with(
@@ -71,7 +80,7 @@ class ChatPipeline:
         memories = await self.memory.retrieve_memory(user_id, text, k, scopes=scopes) if k else []
         shown = context.copy_with(
             recent=visible_exchanges(context.recent, scopes),
-            preferences=public_preferences(context.preferences),
+            preferences=public_preferences(context.preferences, place),
         )
         request = ReplyRequest(shown, text, tuple(memories), learned, name)
         reply = (await self.responder.reply(request)).strip() or "…"
@@ -82,7 +91,9 @@ class ChatPipeline:
             text,
             shorten(reply, limits.max_text_length),
             display_name=name or None,
-            preferences=lambda current: self._changes(user_id, found, current),
+            preferences=lambda current: with_origin(
+                self._changes(user_id, found, current, place), place, current
+            ),
             source_id=source_id,
             actor="bot",
             scope=place.scope,
@@ -91,11 +102,18 @@ class ChatPipeline:
         return reply
 
     def _changes(
-        self, user_id: str | int, found: list[persona.Preference], current: Mapping[str, Any]
+        self,
+        user_id: str | int,
+        found: list[persona.Preference],
+        current: Mapping[str, Any],
+        place: Place = DM,
     ) -> dict[str, str | None]:
-        """The preference changes ``found`` makes to ``current``, within the per-user limit."""
+        """The preference changes ``found`` makes to ``current``, within the per-user limit
+        (less the room the DM list may take: see ``bot.privacy.with_origin``)."""
         changes = persona.preference_changes(current, found)
         room = self.memory.settings.limits.max_preferences - len(current)
+        if changes and needs_dm_key(place, current):
+            room -= 1
         applied: dict[str, str | None] = {}
         for key, value in changes.items():
             if value is not None and key not in current:

@@ -7,7 +7,9 @@ guilds' when they opted in with ``/memory share on`` and neither guild is in
 ``bot.no_cross_guild``). DM memories never appear in a guild.
 
 The person's switches live in their preferences under reserved keys (``privacy.*``), so they
-are versioned, exported and forgotten with the rest; they are never shown as preferences.
+are versioned, exported and forgotten with the rest; they are never shown as preferences. A
+preference learned in a DM is listed in ``privacy.dm`` and left out of guild replies: a name or
+a like told in private is not repeated in public.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ GUILD_PREFIX: Final = "guild:"
 RESERVED_PREFIX: Final = "privacy."
 MEMORY_KEY: Final = "privacy.memory"  # "off": nothing of later messages is stored
 SHARE_KEY: Final = "privacy.share"  # "on": the person's other guilds' memories may be used
+DM_KEY: Final = "privacy.dm"  # the preference keys learned in a DM, comma-separated
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +55,42 @@ def sharing(ctx: UserContext) -> bool:
     return ctx.preferences.get(SHARE_KEY) == "on"
 
 
-def public_preferences(preferences: Mapping[str, Any]) -> dict[str, Any]:
-    """The preferences without the reserved privacy switches (for replies, prompts, profile)."""
-    return {k: v for k, v in preferences.items() if not k.startswith(RESERVED_PREFIX)}
+def public_preferences(preferences: Mapping[str, Any], place: Place | None = None) -> dict[str, Any]:
+    """The preferences to use or show at ``place`` (None: in private): never the reserved
+    switches, and in a guild none learned in a DM."""
+    hidden = _dm_keys(preferences) if place is not None and place.guild_id is not None else set()
+    return {k: v for k, v in preferences.items() if not k.startswith(RESERVED_PREFIX) and k not in hidden}
+
+
+def _dm_keys(preferences: Mapping[str, Any]) -> set[str]:
+    listed = preferences.get(DM_KEY)
+    return set(listed.split(",")) - {""} if isinstance(listed, str) else set()
+
+
+def with_origin(
+    changes: Mapping[str, str | None], place: Place, current: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """``changes`` plus the DM list: a key a DM teaches joins it, a removed key leaves it.
+
+    A key taught in a DM stays private even if a guild later adds to it (a list of likes is
+    one value): hiding too much beats showing a private item in public.
+    """
+    keys = _dm_keys(current)
+    for key, value in changes.items():
+        if value is None:
+            keys.discard(key)
+        elif place.guild_id is None:
+            keys.add(key)
+    listed = ",".join(sorted(keys)) or None
+    out = dict(changes)
+    if listed != current.get(DM_KEY):
+        out[DM_KEY] = listed
+    return out
+
+
+def needs_dm_key(place: Place, current: Mapping[str, Any]) -> bool:
+    """Whether learning in this place may add the ``privacy.dm`` key (room must be kept for it)."""
+    return place.guild_id is None and DM_KEY not in current
 
 
 async def visible_scopes(

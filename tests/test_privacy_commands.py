@@ -260,3 +260,25 @@ def test_the_memory_group_and_privacy_are_slash_commands(tmp_path: Path) -> None
     names = asyncio.run(tree_names())
     assert names["memory"] == {"list", "on", "off", "share"}
     assert "privacy" in names
+
+
+async def test_a_preference_told_in_a_dm_is_not_used_in_a_guild(make_bot: BotFactory) -> None:
+    responder = RecordingTemplate()
+    bot = await make_bot(responder=responder)
+    await in_dm("I love marzipan")
+    await in_guild(mention(bot, "I love jazz"))
+    uid = member(0).id
+    assert (await bot.memory.get_user_context(uid)).preferences["likes"] == "marzipan, jazz"
+    [reply] = await in_guild(mention(bot, "what do you know about me?"))
+    assert "marzipan" not in reply.content and "likes" not in responder.requests[-1].context.preferences
+    await in_dm("what do you know about me?")
+    assert "marzipan" in responder.requests[-1].context.preferences["likes"]
+    # A list a DM touched stays private as a whole (it is one value): too little beats too much.
+    await in_guild(mention(bot, "I love rock"))
+    assert "likes" not in responder.requests[-1].context.preferences
+    # A preference only ever learned in a guild is used there.
+    await in_guild(mention(bot, "I hate mondays"))
+    await in_guild(mention(bot, "what do you know about me?"))
+    assert responder.requests[-1].context.preferences["dislikes"] == "mondays"
+    profile = (await in_dm("!profile"))[0].content
+    assert "marzipan" in profile and "privacy" not in profile  # in private: all, no switches

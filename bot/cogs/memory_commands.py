@@ -151,7 +151,10 @@ class MemoryCommands(commands.Cog):
     @commands.hybrid_command(name="profile")  # type: ignore[arg-type]
     async def profile(self, ctx: Ctx) -> None:
         """What I know about you (answered privately)."""
-        await self._send_private(ctx, await self._run(ctx, self.bot.actions.profile(ctx.author.id)))
+        shown_in_guild = await self._shown_scopes(ctx) is not None  # ephemeral, in the guild
+        place = self._place(ctx) if shown_in_guild else None
+        text = await self._run(ctx, self.bot.actions.profile(ctx.author.id, place=place))
+        await self._send_private(ctx, text)
 
     @commands.hybrid_command(name="export")  # type: ignore[arg-type]
     async def export(self, ctx: Ctx) -> None:
