@@ -128,7 +128,9 @@ class MemoryActions:
         """What is stored, where, for how long, how to delete it, and what goes to an LLM."""
         settings = self.memory.settings
         days = settings.bot.retention_days
-        kept = f"for {days} days" if days else "until you delete it"
+        kept = (
+            f"conversations for {days} days, notes until you delete them" if days else "until you delete it"
+        )
         llm = (
             f"Replies are written by an LLM at {settings.bot.llm_base_url}: each message is sent "
             "there with your name, preferences, a few recent exchanges and the memories relevant "
@@ -141,8 +143,7 @@ class MemoryActions:
                 "Privacy:",
                 "- What: our conversations, notes you ask me to remember, and preferences I "
                 "learn (your name, likes, dislikes), each with where it was said.",
-                f"- Where: in this bot's database on its operator's machine, kept {kept} "
-                "(notes until deleted).",
+                f"- Where: in this bot's database on its operator's machine, kept {kept}.",
                 "- Who sees it: in a server I use only that server's memories (others only after "
                 "`memory share on`); what you say in DMs stays in DMs.",
                 "- Control: `memory off` / `memory on`, `memory list`, `forget <id>`, "
