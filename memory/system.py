@@ -953,7 +953,9 @@ class MemorySystem:
         fresh, ids = document.match(await self._store.memories(document.user_id))
         memories = []
         for m in fresh:
-            memory = self._new_memory(document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id)
+            memory = self._new_memory(
+                document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id, m.scope
+            )
             memories.append(memory)
             if m.exported_id is not None:
                 ids[m.exported_id] = memory.id

@@ -187,3 +187,23 @@ async def test_retention_prunes_old_exchanges_and_compacts_their_history(ms: Mem
     assert all("old" not in orjson.dumps(e.to_dict()).decode() for e in history)
     assert b"zanzibarville" not in folder_bytes(ms.data_dir)
     assert await ms.prune_before(cutoff) == 0
+
+
+async def test_an_export_keeps_the_scopes_and_an_import_restores_them(
+    make_system: Callable[..., MemorySystem], tmp_path: Path
+) -> None:
+    async with make_system() as ms:
+        await ms.update_context("ana", "said in the guild", "ok", scope=GUILD)
+        await ms.save_memory("ana", "a private note")
+        exported = await ms.export_user("ana")
+    assert [m["scope"] for m in exported["memories"]] == [GUILD, "dm"]
+    assert exported["context"]["recent"][0]["scope"] == GUILD
+    async with make_system(tmp_path / "other") as other:
+        ctx = await other.import_user(exported)
+        assert ctx is not None and [e.scope for e in ctx.recent] == [GUILD]
+        assert [m.scope for m in await other.get_memories("ana")] == [GUILD, "dm"]
+        unscoped = [{k: v for k, v in m.items() if k != "scope"} for m in exported["memories"]]
+        old_style = {**exported, "memories": unscoped}  # an export made before scopes
+        await other.forget_user("ana")
+        await other.import_user(old_style)
+        assert [m.scope for m in await other.get_memories("ana")] == ["dm", "dm"]
