@@ -18,9 +18,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from memory import Exchange, MemorySystem, UserContext
+from memory import PRIVATE_SCOPE, Exchange, MemorySystem, UserContext
 
-DM_SCOPE: Final = "dm"
+# A DM is the library's private scope: what was stored before scopes existed counts as said there.
+DM_SCOPE: Final = PRIVATE_SCOPE
 GUILD_PREFIX: Final = "guild:"
 RESERVED_PREFIX: Final = "privacy."
 MEMORY_KEY: Final = "privacy.memory"  # "off": nothing of later messages is stored
