@@ -66,13 +66,19 @@ class MemoryCommands(commands.Cog):
         log.error("command %s failed", ctx.command, exc_info=original)
         await self._send(ctx, friendly_error(original))
 
-    async def _send(self, ctx: Ctx, text: str, *, file: discord.File | None = None) -> None:
+    async def _send(
+        self, ctx: Ctx, text: str, *, file: discord.File | None = None, by_dm: bool = False
+    ) -> None:
+        """Answer in place (ephemeral for a slash command), or ``by_dm`` in the caller's DMs."""
         parts = split_message(text) or ["…"]
         for index, part in enumerate(parts):
             attach = file if file is not None and index == len(parts) - 1 else None
+            extra: dict[str, Any] = {"file": attach} if attach is not None else {}
+            if by_dm:
+                await ctx.author.send(part, allowed_mentions=NO_PINGS, **extra)
+                continue
             # A prefix command is answered as a reply to it (a slash command's answer is already
             # tied to it); no ping either way.
-            extra: dict[str, Any] = {"file": attach} if attach is not None else {}
             if ctx.interaction is None and index == 0:
                 extra.update(reference=ctx.message, mention_author=False)
             await ctx.send(part, ephemeral=True, allowed_mentions=NO_PINGS, **extra)
@@ -109,11 +115,7 @@ class MemoryCommands(commands.Cog):
             await self._send(ctx, text, file=file)
             return
         try:
-            parts = split_message(text) or ["…"]
-            for index, part in enumerate(parts):
-                attach = file if file is not None and index == len(parts) - 1 else None
-                extra: dict[str, Any] = {"file": attach} if attach is not None else {}
-                await ctx.author.send(part, allowed_mentions=NO_PINGS, **extra)
+            await self._send(ctx, text, file=file, by_dm=True)
         except discord.Forbidden:
             log.info("could not DM %s the answer to %s", ctx.author.id, ctx.command)
             await self._send(ctx, "I couldn't DM you; allow DMs from me, or use the slash command.")
