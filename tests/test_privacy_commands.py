@@ -6,12 +6,15 @@ person's own controls (memory off/on/list/share, privacy) and edits, leaving and
 from __future__ import annotations
 
 import asyncio
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import discord
 import discord.ext.test as dpytest
+import discord.http as dhttp
 import orjson
 import pytest
 from discord import app_commands
@@ -25,7 +28,16 @@ from bot.pipeline import ChatPipeline
 from bot.privacy import Place
 from bot.responder import ReplyRequest, TemplateResponder
 from memory import HashingEncoder, MemorySystem
-from tests.bot_fixtures import BotFactory, bot_settings, dm_channel, make_bot, member, sent_messages
+from tests.bot_fixtures import (
+    BotFactory,
+    RecordingHttp,
+    bot_settings,
+    dm_channel,
+    make_bot,
+    member,
+    payloads,
+    sent_messages,
+)
 from tests.test_erasure import folder_bytes
 
 __all__ = ["make_bot"]  # the fixture, imported explicitly
@@ -282,3 +294,30 @@ async def test_a_preference_told_in_a_dm_is_not_used_in_a_guild(make_bot: BotFac
     assert responder.requests[-1].context.preferences["dislikes"] == "mondays"
     profile = (await in_dm("!profile"))[0].content
     assert "marzipan" in profile and "privacy" not in profile  # in private: all, no switches
+
+
+class DmRefusingHttp(RecordingHttp):
+    """dpytest's HTTP client for a person whose DMs are closed: Discord answers 403."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, dm_id: int) -> None:
+        super().__init__(loop)
+        self.dm_id = dm_id
+
+    async def send_message(self, channel_id: str | int, *, params: dhttp.MultipartParameters) -> Any:
+        if int(channel_id) == self.dm_id:
+            raise discord.Forbidden(SimpleNamespace(status=403, reason="Forbidden"), "Cannot DM this user")
+        # dpytest reads ``channel`` from its caller's caller's frame (see RecordingHttp).
+        channel = sys._getframe(1).f_locals.get("channel")  # noqa: F841
+        return await super().send_message(channel_id, params=params)
+
+
+async def test_closed_dms_get_a_public_hint_and_no_memory_text(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    await bot.memory.save_memory(member(0).id, "the treasure is under the oak")
+    http = DmRefusingHttp(asyncio.get_running_loop(), (await dm_channel(0)).id)
+    http.state = bot.http.state  # type: ignore[attr-defined]  # as bot_fixtures installs its own
+    bot.http = http
+    bot._connection.http = http
+    [public] = await in_guild("!recall treasure")
+    assert public.content == "I couldn't DM you; allow DMs from me, or use the slash command."
+    assert [p["content"] for p in payloads(bot)] == [public.content]  # nothing else went out
