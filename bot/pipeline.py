@@ -23,6 +23,7 @@ from memory import MemorySystem
 
 log = logging.getLogger(__name__)
 MAX_DISPLAY_NAME = 100
+MEMORY_OFF_NOTE = "(Memory is off: I'm not keeping anything of this. `memory on` turns it back on.)"
 
 
 class ChatPipeline:
@@ -36,6 +37,8 @@ class ChatPipeline:
     def __init__(self, memory: MemorySystem, responder: Responder) -> None:
         self.memory = memory
         self.responder = responder
+        # Who was told, since memory went off, that nothing is kept (said once, not every time).
+        self._told_off: set[str] = set()
 
     async def handle(
         self,
@@ -85,7 +88,12 @@ class ChatPipeline:
         request = ReplyRequest(shown, text, tuple(memories), learned, name)
         reply = (await self.responder.reply(request)).strip() or "…"
         if not remember:
+            key = str(user_id)
+            if key not in self._told_off:
+                self._told_off.add(key)
+                reply = f"{reply}\n{MEMORY_OFF_NOTE}"
             return reply
+        self._told_off.discard(str(user_id))
         await self.memory.update_context(
             user_id,
             text,

@@ -24,7 +24,7 @@ from bot.actions import MemoryActions
 from bot.app import MemoryBot
 from bot.cogs.memory_commands import MemoryCommands
 from bot.cogs.privacy import PrivacyCog
-from bot.pipeline import ChatPipeline
+from bot.pipeline import MEMORY_OFF_NOTE, ChatPipeline
 from bot.privacy import Place
 from bot.responder import ReplyRequest, TemplateResponder
 from memory import HashingEncoder, MemorySystem
@@ -134,8 +134,9 @@ async def test_memory_off_stores_nothing_of_later_messages(make_bot: BotFactory)
     assert "Memory is off" in off.content
     before = (await bot.memory.get_memories(member(0).id), len(await bot.memory.history(member(0).id)))
     secret = "Zanzibarian quokkas adore marzipan"
-    await in_dm(f"I love marzipan. {secret}")
-    await in_guild(mention(bot, f"psst: {secret}"))
+    [first] = await in_dm(f"I love marzipan. {secret}")
+    [second] = await in_guild(mention(bot, f"psst: {secret}"))
+    assert first.content.endswith(MEMORY_OFF_NOTE) and MEMORY_OFF_NOTE not in second.content  # once
     [refused] = await in_dm("!remember my pin is 4242")
     assert "Memory is off" in refused.content
     uid = member(0).id
@@ -146,7 +147,8 @@ async def test_memory_off_stores_nothing_of_later_messages(make_bot: BotFactory)
     assert all(b not in folder_bytes(bot.memory.data_dir) for b in (b"quokka", b"marzipan", b"4242"))
     [on] = await in_dm("!memory on")
     assert "Memory is on" in on.content
-    await in_dm("remember this one")
+    [stored] = await in_dm("remember this one")
+    assert MEMORY_OFF_NOTE not in stored.content
     assert [e.message for e in (await bot.memory.get_user_context(uid)).recent][-1] == "remember this one"
 
 
