@@ -1,4 +1,5 @@
-"""The memory commands (remember, recall, forget, profile, export), free of Discord.
+"""The memory commands (remember, recall, forget, profile, export, memory on|off|list|share,
+privacy), free of Discord.
 
 Each acts on the caller's own data only: the user id always comes from the caller, never from
 the command's arguments. Expected problems raise ActionError (or a MemoryBotError), whose
@@ -14,10 +15,20 @@ import orjson
 
 from bot import persona
 from bot.formatting import ActionError, shorten
-from memory import MemoryNotFoundError, MemorySystem, UserNotFoundError
+from bot.privacy import (
+    DM,
+    MEMORY_KEY,
+    SHARE_KEY,
+    Place,
+    describe_scope,
+    public_preferences,
+    remembering,
+)
+from memory import Memory, MemoryNotFoundError, MemorySystem, UserNotFoundError
 
 RECALL_RESULTS = 5
 RECALL_TEXT = 300
+LIST_PAGE = 10
 CONFIRM_SECONDS = 60.0
 CONFIRM_WORD = "confirm"
 
@@ -37,32 +48,109 @@ class MemoryActions:
         self._confirm_seconds = confirm_seconds
         self._pending_forget_all: dict[str, float] = {}
 
-    async def remember(self, user_id: str | int, text: str, *, source_id: str | None = None) -> str:
+    async def remember(
+        self, user_id: str | int, text: str, *, source_id: str | None = None, place: Place = DM
+    ) -> str:
+        """Store a note in the scope of ``place`` (where the command was used)."""
         text = text.strip()
         if not text:
             raise ActionError("Tell me what to remember, e.g. `remember my cat is called Miso`.")
         limit = self.memory.settings.limits.max_text_length
         if len(text) > limit:
             raise ActionError(f"That's too long to remember: keep it under {limit:,} characters.")
+        if not remembering(await self.memory.get_user_context(user_id)):
+            raise ActionError("Memory is off for you, so I won't store that; `memory on` turns it back on.")
         memory = await self.memory.save_memory(
-            user_id, text, kind="note", source_id=source_id, metadata={"via": "command"}
+            user_id,
+            text,
+            kind="note",
+            source_id=source_id,
+            metadata={"via": "command", **place.metadata()},
+            scope=place.scope,
         )
         return f"Got it, I'll remember that (memory #{memory.id})."
 
-    async def recall(self, user_id: str | int, query: str) -> str:
+    async def recall(
+        self, user_id: str | int, query: str, *, scopes: frozenset[str] | None = None
+    ) -> str:
+        """The best matches said in ``scopes`` (where the answer is shown may see; None: all)."""
         query = query.strip()
         if not query:
             raise ActionError("Tell me what to look for, e.g. `recall cat`.")
         limit = self.memory.settings.limits.max_text_length
-        results = await self.memory.retrieve_memory(user_id, shorten(query, limit), RECALL_RESULTS)
+        results = await self.memory.retrieve_memory(
+            user_id, shorten(query, limit), RECALL_RESULTS, scopes=scopes
+        )
         if not results:
             return "I don't remember anything about that yet."
-        lines = ["Here's what I remember:"]
-        for scored in results:
-            memory = scored.memory
-            text = shorten(" ".join(memory.text.split()), RECALL_TEXT)
-            lines.append(f"#{memory.id} ({memory.kind}, {memory.created_at:%Y-%m-%d}): {text}")
+        return "\n".join(["Here's what I remember:", *(_memory_line(s.memory) for s in results)])
+
+    async def list_memories(
+        self, user_id: str | int, page: int = 1, *, scopes: frozenset[str] | None = None
+    ) -> str:
+        """One page of what is stored about the person: ids, dates and where it was said."""
+        if page < 1:
+            raise ActionError("Pages start at 1, e.g. `memory list 2`.")
+        memories = await self.memory.get_memories(
+            user_id, limit=LIST_PAGE + 1, offset=(page - 1) * LIST_PAGE, scopes=scopes
+        )
+        if not memories:
+            return "Nothing stored about you." if page == 1 else f"There is no page {page}."
+        lines = [f"What I have stored about you (page {page}):"]
+        lines += [_memory_line(m) for m in memories[:LIST_PAGE]]
+        if len(memories) > LIST_PAGE:
+            lines.append(f"More: `memory list {page + 1}`. Forget one with `forget <id>`.")
+        else:
+            lines.append("Forget one with `forget <id>`, or everything with `forget all`.")
         return "\n".join(lines)
+
+    async def set_memory(self, user_id: str | int, on: bool) -> str:
+        """Turn remembering on or off for the person (stored with their context)."""
+        await self.memory.set_preference(user_id, MEMORY_KEY, None if on else "off", actor="bot")
+        if on:
+            return "Memory is on: I'll remember our conversations again."
+        return (
+            "Memory is off: from now on I store nothing of what you say to me (what I already "
+            "have stays until you `forget` it). `memory on` turns it back on."
+        )
+
+    async def set_share(self, user_id: str | int, on: bool) -> str:
+        """Opt in to (or out of) using the person's memories across the servers they share."""
+        await self.memory.set_preference(user_id, SHARE_KEY, "on" if on else None, actor="bot")
+        if on:
+            return (
+                "Sharing is on: in a server I may use what you told me in your other servers "
+                "(never what you said in DMs, and not in servers whose operator turned it off)."
+            )
+        return "Sharing is off: in a server I use only what you said in that server."
+
+    def privacy(self) -> str:
+        """What is stored, where, for how long, how to delete it, and what goes to an LLM."""
+        settings = self.memory.settings
+        days = settings.bot.retention_days
+        kept = (
+            f"conversations for {days} days, notes until you delete them" if days else "until you delete it"
+        )
+        llm = (
+            f"Replies are written by an LLM at {settings.bot.llm_base_url}: each message is sent "
+            "there with your name, preferences, a few recent exchanges and the memories relevant "
+            "to it (only those visible where you wrote)."
+            if settings.bot.responder == "openai"
+            else "Replies are written on this machine; nothing is sent to an outside service."
+        )
+        return "\n".join(
+            [
+                "Privacy:",
+                "- What: our conversations, notes you ask me to remember, and preferences I "
+                "learn (your name, likes, dislikes), each with where it was said.",
+                f"- Where: in this bot's database on its operator's machine, kept {kept}.",
+                "- Who sees it: in a server I use only that server's memories (others only after "
+                "`memory share on`); what you say in DMs stays in DMs.",
+                "- Control: `memory off` / `memory on`, `memory list`, `forget <id>`, "
+                "`forget all`, `export`. Deleting or editing a message updates what I remember.",
+                f"- {llm}",
+            ]
+        )
 
     async def forget(
         self, user_id: str | int, target: str, confirm: str | None = None, *, prefix: str = "/"
@@ -103,7 +191,8 @@ class MemoryActions:
             f"{self._confirm_seconds:.0f} seconds."
         )
 
-    async def profile(self, user_id: str | int) -> str:
+    async def profile(self, user_id: str | int, *, place: Place | None = None) -> str:
+        """What is known of the person, as may be shown at ``place`` (None: in private)."""
         context = await self.memory.get_user_context(user_id)
         count = await self.memory.count_memories(user_id)
         name = context.preferences.get(persona.NAME_KEY) or context.display_name or "(no name yet)"
@@ -113,8 +202,9 @@ class MemoryActions:
             f"Friendship: {context.friendship_level}/100 "
             f"({persona.friendship_tier(context.friendship_level)})",
             f"Memories: {count}",
+            f"Memory: {'on' if remembering(context) else 'off'}",
         ]
-        prefs = persona.describe_preferences(context.preferences)
+        prefs = persona.describe_preferences(public_preferences(context.preferences, place))
         lines.append("Preferences:" + ("" if prefs else " none yet"))
         lines += [f"- {line}" for line in prefs]
         return "\n".join(lines)
@@ -127,3 +217,9 @@ class MemoryActions:
             raise ActionError("I don't have anything stored about you yet.") from None
         safe_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(user_id))
         return f"memory-export-{safe_id}.json", orjson.dumps(data, option=orjson.OPT_INDENT_2)
+
+
+def _memory_line(memory: Memory) -> str:
+    text = shorten(" ".join(memory.text.split()), RECALL_TEXT)
+    where = describe_scope(memory.scope)
+    return f"#{memory.id} ({memory.kind}, {memory.created_at:%Y-%m-%d}, {where}): {text}"

@@ -24,7 +24,13 @@ from memory import ConfigError, MemorySystem, Settings
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.memory_commands", "bot.cogs.owner", "bot.cogs.help")
+EXTENSIONS = (
+    "bot.cogs.chat",
+    "bot.cogs.memory_commands",
+    "bot.cogs.owner",
+    "bot.cogs.help",
+    "bot.cogs.privacy",
+)
 
 
 def bot_intents() -> discord.Intents:

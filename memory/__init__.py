@@ -4,7 +4,7 @@ Only the names in ``__all__`` are public; the bot and the admin CLI use nothing 
 """
 
 from memory.atomic import atomic_write
-from memory.context import Exchange, UserContext
+from memory.context import PRIVATE_SCOPE, Exchange, UserContext
 from memory.encoder import Encoder, HashingEncoder
 from memory.errors import (
     BackgroundTaskError,
@@ -32,6 +32,7 @@ from memory.supervisor import Faults, SystemState, TaskName
 from memory.system import MemorySystem
 
 __all__ = [
+    "PRIVATE_SCOPE",
     "BackgroundTaskError",
     "ConfigError",
     "ControlChannelError",

@@ -24,6 +24,9 @@ PreferenceValue = str | int | float | bool
 MAX_FRIENDSHIP: Final = 100
 MAX_PREFERENCE_KEY: Final = 64
 MAX_PREFERENCE_VALUE: Final = 500
+# The scope of what was stored before scopes existed, and the default of a caller that names
+# none: the most private one. Nothing of unknown origin is ever shown where a scope is filtered.
+PRIVATE_SCOPE: Final = "dm"
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -111,7 +114,9 @@ class Exchange:
     """One message and the reply to it, and where it came from (so that a forget can find it).
 
     ``memory_id`` is the exchange memory made from it, ``source_id`` the caller's id of the
-    message (a Discord message id): forgetting either removes the exchange too.
+    message (a Discord message id): forgetting either removes the exchange too. ``scope`` is
+    where it was said (an opaque string such as ``dm`` or ``guild:<id>``); None for an exchange
+    stored before scopes existed, which counts as ``PRIVATE_SCOPE``.
     """
 
     message: str
@@ -119,6 +124,12 @@ class Exchange:
     at: datetime
     memory_id: int | None = None
     source_id: str | None = None
+    scope: str | None = None
+
+    @property
+    def visible_scope(self) -> str:
+        """The scope a filter sees this exchange under."""
+        return self.scope if self.scope is not None else PRIVATE_SCOPE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +138,7 @@ class Exchange:
             "at": self.at.isoformat(),
             "memory_id": self.memory_id,
             "source_id": self.source_id,
+            "scope": self.scope,
         }
 
     @classmethod
@@ -146,7 +158,11 @@ class Exchange:
         source_id = data.get("source_id")
         if source_id is not None and not isinstance(source_id, str):
             raise InvalidInputError("recent", "an exchange's source_id must be a string")
-        return cls(data["message"], data["response"], parse_time("at", data["at"]), memory_id, source_id)
+        scope = data.get("scope")
+        if scope is not None and not isinstance(scope, str):
+            raise InvalidInputError("recent", "an exchange's scope must be a string")
+        at = parse_time("at", data["at"])
+        return cls(data["message"], data["response"], at, memory_id, source_id, scope)
 
 
 def _check_preference(key: Any, value: Any) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,55 +135,94 @@ class PerUserIndex:
                 del self._shards[user]
         return sum(len(v) for v in by_user.values())
 
-    def search(self, user_id: str, query: npt.NDArray[np.float32], k: int) -> list[tuple[int, float]]:
-        """(memory id, inner product) of the user's nearest vectors, best first."""
+    def search(
+        self,
+        user_id: str,
+        query: npt.NDArray[np.float32],
+        k: int,
+        allowed: AbstractSet[int] | None = None,
+    ) -> list[tuple[int, float]]:
+        """(memory id, inner product) of the user's nearest vectors, best first; with
+        ``allowed``, FAISS itself skips every other id (an IDSelector), so k allowed are found."""
         shard = self._shards.get(user_id)
-        if shard is None or k <= 0:
+        if shard is None or k <= 0 or (allowed is not None and not allowed):
             return []
-        k = min(k, int(shard.ntotal))
-        scores, ids = shard.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
+        k = min(k, int(shard.ntotal) if allowed is None else len(allowed))
+        x = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        if allowed is None:
+            scores, ids = shard.search(x, k)
+        else:
+            selector = faiss.IDSelectorBatch(np.asarray(sorted(allowed), dtype=np.int64))
+            params = faiss.SearchParameters()
+            params.sel = selector
+            scores, ids = shard.search(x, k, params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def search_with_floor(
-        self, user_id: str, query: npt.NDArray[np.float32], k: int
+        self,
+        user_id: str,
+        query: npt.NDArray[np.float32],
+        k: int,
+        allowed: AbstractSet[int] | None = None,
     ) -> tuple[list[tuple[int, float]], float]:
-        """The top k and the user's lowest inner product (the top of the negated query)."""
-        top = self.search(user_id, query, k)
+        """The top k and the lowest inner product (the top of the negated query), of ``allowed``."""
+        top = self.search(user_id, query, k, allowed)
         if not top:
             return [], 0.0
-        worst = self.search(user_id, -query, 1)
+        worst = self.search(user_id, -query, 1, allowed)
         return top, -worst[0][1]
 
     def search_scored(
-        self, user_id: str, query: npt.NDArray[np.float32], k: int
+        self,
+        user_id: str,
+        query: npt.NDArray[np.float32],
+        k: int,
+        allowed: AbstractSet[int] | None = None,
     ) -> tuple[list[tuple[int, float]], float, dict[int, float]]:
-        """The top k, the user's lowest inner product, and every inner product known.
+        """The top k, the lowest inner product, and every inner product known, over the user's
+        vectors (only those whose id is in ``allowed``, when given: a scoped search).
 
         A shard of up to ``SCORE_ALL_LIMIT`` vectors is scored whole with one matrix product
         over FAISS's own storage (no copy): as fast as its search, and the retriever then needs
         no second call for the candidates the other rankers bring. Larger shards are searched.
+        The scope filter happens before the top k is taken, never after.
         """
         shard = self._shards.get(user_id)
         if shard is None or k <= 0:
             return [], 0.0, {}
         n = int(shard.ntotal)
         if n > SCORE_ALL_LIMIT:
-            top, floor = self.search_with_floor(user_id, query, k)
+            top, floor = self.search_with_floor(user_id, query, k, allowed)
             return top, floor, dict(top)
         flat: Any = faiss.downcast_index(shard.index)  # an IndexFlatIP; its stub says Index
         vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        ids = faiss.vector_to_array(shard.id_map)
+        if allowed is not None:
+            keep = np.isin(ids, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
+            vectors, ids = vectors[keep], ids[keep]
+            if not len(ids):
+                return [], 0.0, {}
         scores = vectors @ np.asarray(query, dtype=np.float32).reshape(-1)
-        ids = faiss.vector_to_array(shard.id_map).tolist()
+        id_list = ids.tolist()
         best = np.argsort(-scores, kind="stable")[:k].tolist()
-        every = dict(zip(ids, scores.tolist(), strict=True))
-        return [(ids[i], every[ids[i]]) for i in best], float(scores.min()), every
+        every = dict(zip(id_list, scores.tolist(), strict=True))
+        return [(id_list[i], every[id_list[i]]) for i in best], float(scores.min()), every
 
     def scores_for(
-        self, user_id: str, ids: Sequence[int], query: npt.NDArray[np.float32]
+        self,
+        user_id: str,
+        ids: Sequence[int],
+        query: npt.NDArray[np.float32],
+        allowed: AbstractSet[int] | None = None,
     ) -> dict[int, float]:
-        """Inner products of the given memories of this user (others are left out)."""
+        """Inner products of the given memories of this user (others, and those not in
+        ``allowed`` when given, are left out)."""
         shard = self._shards.get(user_id)
-        mine = [mid for mid in ids if self._owner.get(mid) == user_id]
+        mine = [
+            mid
+            for mid in ids
+            if self._owner.get(mid) == user_id and (allowed is None or mid in allowed)
+        ]
         if shard is None or not mine:
             return {}
         vectors = np.vstack([shard.reconstruct(mid) for mid in mine])

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from memory.context import FrozenMap, UserContext, thaw_json
+from memory.context import PRIVATE_SCOPE, FrozenMap, UserContext, thaw_json
 
 
 @dataclass(frozen=True, slots=True)
 class Memory:
-    """One remembered text of one user; its embedding lives beside it in SQLite."""
+    """One remembered text of one user; its embedding lives beside it in SQLite. ``scope`` is
+    where it was said (opaque to the library: e.g. ``dm``, ``guild:<id>``)."""
 
     id: int
     user_id: str
@@ -20,6 +21,7 @@ class Memory:
     created_at: datetime
     metadata: FrozenMap
     source_id: str | None = None
+    scope: str = PRIVATE_SCOPE
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +32,7 @@ class Memory:
             "created_at": self.created_at.isoformat(),
             "metadata": thaw_json(self.metadata),
             "source_id": self.source_id,
+            "scope": self.scope,
         }
 
 

@@ -162,12 +162,14 @@ class Retriever:
         embed_query: Callable[[], Awaitable[Vectors]],
         k: int,
         kinds: frozenset[str] | None,
+        scopes: frozenset[str] | None = None,
     ) -> list[ScoredMemory]:
+        """The best k of the user's memories (of ``kinds``, said in ``scopes``; None: all)."""
         weights = FusionWeights.from_settings(self._cfg)
         if self._model is None:
-            stage = await self._fused(index, user_id, query, embed_query, k, kinds)
-            return await self._materialise(stage.ranked, user_id, k, kinds, weights)
-        pool = await self.pool(index, user_id, query, embed_query, kinds, max(k, POOL_SIZE))
+            stage = await self._fused(index, user_id, query, embed_query, k, kinds, scopes=scopes)
+            return await self._materialise(stage.ranked, user_id, k, kinds, weights, scopes)
+        pool = await self.pool(index, user_id, query, embed_query, kinds, max(k, POOL_SIZE), scopes)
         now = datetime.now(UTC)
         features = pool.features()
         scores = self._model.scores(features) * np.array(
@@ -189,10 +191,15 @@ class Retriever:
         embed_query: Callable[[], Awaitable[Vectors]],
         kinds: frozenset[str] | None,
         size: int = POOL_SIZE,
+        scopes: frozenset[str] | None = None,
     ) -> Pool:
-        """The fusion's best ``size`` candidates of the user (of ``kinds``), rows read, for the
-        reranker; the training script (benchmarks/train_ranker.py) reads the same pools."""
-        stage = await self._fused(index, user_id, query, embed_query, size, kinds, need_neighbours=True)
+        """The fusion's best ``size`` candidates of the user (of ``kinds``, said in ``scopes``),
+        rows read, for the reranker; the training script (benchmarks/train_ranker.py) reads the
+        same pools. The pool is scoped from the start: no other scope's memory is a candidate
+        or a neighbour lending its score or text."""
+        stage = await self._fused(
+            index, user_id, query, embed_query, size, kinds, need_neighbours=True, scopes=scopes
+        )
         dense, lexical, neighbours, floor = stage.dense, stage.lexical, stage.neighbours, stage.floor
         limit = size * (4 if kinds else 1)
         rows = await self._rows(stage.ranked[:limit], neighbours)
@@ -219,7 +226,7 @@ class Retriever:
 
         def usable(c: Candidate) -> bool:
             m = rows.get(c.memory_id)  # None: forgotten meanwhile; isolation is checked on the row
-            return m is not None and m.user_id == user_id and (not kinds or m.kind in kinds)
+            return m is not None and _visible(m, user_id, kinds, scopes)
 
         chosen = [c for c in ranked[:limit] if usable(c)][:size]
         chosen += [c for c in stage.ranked[:limit] if c.memory_id in asked and usable(c)]
@@ -270,36 +277,51 @@ class Retriever:
         kinds: frozenset[str] | None,
         *,
         need_neighbours: bool = False,
+        scopes: frozenset[str] | None = None,
     ) -> _Stage:
-        """Stage one: fused candidates, best first, and the scores and links they came from."""
+        """Stage one: fused candidates, best first, and the scores and links they came from.
+
+        With ``scopes``, both rankers search only the memories said there (FAISS scores only
+        their ids, the FTS5 join only their rows), so a scoped search still finds k."""
         cfg = self._cfg
         weights = FusionWeights.from_settings(cfg)
         candidates = max(k, cfg.candidates) * (4 if kinds else 1)
+        allowed = None if scopes is None else frozenset(await self._store.scoped_ids(user_id, scopes))
         # The lexical query needs no vector: it runs on SQLite's thread while the model works.
         lexical_search = asyncio.ensure_future(
             self._store.lexical_search(
-                user_id, query_terms(user_id, query), candidates * 2, kinds, cfg.context_weight
+                user_id, query_terms(user_id, query), candidates * 2, kinds, cfg.context_weight, scopes
             )
         )
         try:
             query_vector = await embed_query()
             dense_top, floor, known = await self._run_index(
-                index.search_scored, user_id, query_vector, candidates
+                index.search_scored, user_id, query_vector, candidates, allowed
             )
             lexical = dict(await lexical_search)
         finally:
             lexical_search.cancel()
+        if allowed is not None:  # written after the id list was read: left to the next query
+            lexical = {mid: score for mid, score in lexical.items() if mid in allowed}
         dense = dict(dense_top)
         neighbours: dict[int, tuple[int | None, int | None]] = {}
         if weights.neighbour > 0 or need_neighbours:
             neighbours = await self._store.session_neighbours(dense.keys() | lexical.keys())
+            if allowed is not None:
+                neighbours = {
+                    mid: (p if p in allowed else None, n if n in allowed else None)
+                    for mid, (p, n) in neighbours.items()
+                    if mid in allowed
+                }
         # Every candidate gets its true dense score, not 0 for missing FAISS's top n: a lexical
         # hit just below that cut is still close in meaning (this alone is worth 0.15 Recall@10).
         linked = {n for pair in neighbours.values() for n in pair if n is not None}
         missing = (lexical.keys() | linked) - dense.keys()
         dense.update((mid, known[mid]) for mid in missing & known.keys())
         if unknown := missing - known.keys():
-            dense.update(await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector))
+            dense.update(
+                await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector, allowed)
+            )
         hits = {mid for mid, _ in dense_top}
         ranked = fuse(dense, floor, lexical, neighbours, weights, hits)
         return _Stage(ranked, dense, lexical, neighbours, floor, hits)
@@ -311,6 +333,7 @@ class Retriever:
         k: int,
         kinds: frozenset[str] | None,
         weights: FusionWeights,
+        scopes: frozenset[str] | None = None,
     ) -> list[ScoredMemory]:
         # Rows are read only for what can make the top k: the first k (reading 40 cost 0.5 ms),
         # more when rows were forgotten meanwhile or filtered by kind, all when recency reorders.
@@ -325,12 +348,23 @@ class Retriever:
             rows = await self._store.memories_by_id([c.memory_id for c in window])
             for c in window:
                 memory = rows.get(c.memory_id)
-                if memory is None or memory.user_id != user_id or (kinds and memory.kind not in kinds):
+                if memory is None or not _visible(memory, user_id, kinds, scopes):
                     continue  # forgotten meanwhile, or filtered: isolation is checked on the row
                 score = c.score * recency_factor(memory.created_at, now, weights)
                 results.append(ScoredMemory(memory, score, c.rankers, c.dense, c.lexical))
         results.sort(key=lambda r: (-r.score, -r.memory.id))
         return results[:k]
+
+
+def _visible(
+    memory: Memory, user_id: str, kinds: frozenset[str] | None, scopes: frozenset[str] | None
+) -> bool:
+    """The last check on a row read (the searches filtered already): owner, kind, scope."""
+    return (
+        memory.user_id == user_id
+        and (not kinds or memory.kind in kinds)
+        and (scopes is None or memory.scope in scopes)
+    )
 
 
 def lexical_document(memory: Memory, previous: Memory | None) -> tuple[str, str]:
@@ -353,8 +387,10 @@ def _date_words(day: date) -> str:
 
 
 def same_session(previous: Memory | None, memory: Memory, gap_minutes: float) -> bool:
-    """Two memories of a user belong to one conversation when no long pause lies between them."""
-    if previous is None or gap_minutes <= 0:
+    """Two memories of a user belong to one conversation when no long pause lies between them
+    and they were said in the same place (a session never links two scopes: its neighbour would
+    carry one scope's words into the other's search)."""
+    if previous is None or gap_minutes <= 0 or previous.scope != memory.scope:
         return False
     pause = (memory.created_at - previous.created_at).total_seconds()
     return 0 <= pause <= gap_minutes * 60

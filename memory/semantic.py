@@ -306,7 +306,12 @@ class SemanticMemory:
     # -- retrieval ---------------------------------------------------------------------------
 
     async def retrieve(
-        self, user_id: str, query: str, k: int, kinds: frozenset[str] | None
+        self,
+        user_id: str,
+        query: str,
+        k: int,
+        kinds: frozenset[str] | None,
+        scopes: frozenset[str] | None = None,
     ) -> list[ScoredMemory]:
         assert self._encoder is not None and self._index is not None
         await self.wait_indexed(user_id)
@@ -316,7 +321,7 @@ class SemanticMemory:
             row: Vectors = (await encoder.encode([query]))[0]
             return row
 
-        return await self._retriever.retrieve(self._index, user_id, query, embed_query, k, kinds)
+        return await self._retriever.retrieve(self._index, user_id, query, embed_query, k, kinds, scopes)
 
     async def stats(self) -> dict[str, Any]:
         index = self._index

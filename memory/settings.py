@@ -104,6 +104,12 @@ class BotSettings:
     llm_breaker_cooldown: float = field(default=60.0, metadata=_rule(low=0.1, high=86_400))
     system_prompt: str = ""
     guild_system_prompts: tuple[str, ...] = ()
+    # Privacy scopes (issue 11): how long exchanges are kept, what is forgotten on leaving, and
+    # the guilds whose members' memories are never used across guilds.
+    retention_days: int = field(default=0, metadata=_rule(low=0, high=18_000))  # cutoff after 1970
+    forget_guild_on_leave: bool = True
+    forget_member_on_leave: bool = False
+    no_cross_guild: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

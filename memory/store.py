@@ -20,7 +20,7 @@ import aiofiles.os
 import orjson
 
 from memory.coalesce import Coalesced
-from memory.context import UserContext, freeze_json, parse_stored_json, parse_time, stored_row
+from memory.context import PRIVATE_SCOPE, UserContext, freeze_json, parse_stored_json, parse_time, stored_row
 from memory.errors import DataDamagedError, StorageError, SystemClosedError
 from memory.group_commit import GroupCommitWriter, Statement
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25, user_terms
@@ -154,7 +154,20 @@ def _v4_erasure(db: sqlite3.Connection) -> None:
     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts, _v3_user_terms, _v4_erasure)
+def _v5_scopes(db: sqlite3.Connection) -> None:
+    # Where each memory was said (privacy scopes, issue 11). Rows from before have no known
+    # origin: they get the most private scope, 'dm', so they are never shown in a guild and
+    # stay usable where everything of the person is (their DMs).
+    _script(
+        db,
+        f"""
+        ALTER TABLE memories ADD COLUMN scope TEXT NOT NULL DEFAULT '{PRIVATE_SCOPE}';
+        CREATE INDEX memories_by_user_scope ON memories (user_id, scope, id)
+        """,
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts, _v3_user_terms, _v4_erasure, _v5_scopes)
 SCHEMA_VERSION = len(MIGRATIONS)
 ERASURE_SCHEMA = 4  # the first schema with the erasure log
 
@@ -573,7 +586,13 @@ class SqliteStore:
         return _history_entry(rows[0], self.path) if rows else None
 
     async def memories(
-        self, user_id: str, *, limit: int = -1, offset: int = 0, kinds: Iterable[str] | None = None
+        self,
+        user_id: str,
+        *,
+        limit: int = -1,
+        offset: int = 0,
+        kinds: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
     ) -> list[Memory]:
         sql = f"SELECT {MEMORY_COLUMNS} FROM memories WHERE user_id = ?"
         params: list[Any] = [user_id]
@@ -581,6 +600,9 @@ class SqliteStore:
             kinds = list(kinds)
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
             params += kinds
+        if scopes is not None:
+            sql += " AND scope IN (SELECT value FROM json_each(?))"
+            params.append(orjson.dumps(sorted(scopes)).decode())
         rows = await self.fetch(sql + " ORDER BY id LIMIT ? OFFSET ?", (*params, limit, offset))
         return [memory_from_row(r, self.path) for r in rows]
 
@@ -592,6 +614,55 @@ class SqliteStore:
             list(ids),
         )
         return {r[0]: memory_from_row(r, self.path) for r in rows}
+
+    async def scoped_ids(self, user_id: str, scopes: Iterable[str]) -> list[int]:
+        """The ids of the user's memories said in ``scopes``: what a scoped search may score."""
+        rows = await self.fetch(
+            "SELECT id FROM memories INDEXED BY memories_by_user_scope WHERE user_id = ?"
+            " AND scope IN (SELECT value FROM json_each(?))",
+            (user_id, orjson.dumps(sorted(scopes)).decode()),
+        )
+        return [r[0] for r in rows]
+
+    async def scopes_of(self, user_id: str) -> list[str]:
+        """Every scope the user has memories in."""
+        rows = await self.fetch(
+            "SELECT DISTINCT scope FROM memories WHERE user_id = ? ORDER BY scope", (user_id,)
+        )
+        return [r[0] for r in rows]
+
+    async def memories_in_scope(self, scope: str, user_id: str | None = None) -> list[Memory]:
+        """The memories said in ``scope`` (of one user, or of everyone)."""
+        sql = f"SELECT {MEMORY_COLUMNS} FROM memories WHERE scope = ?"
+        params: tuple[Any, ...] = (scope,)
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params = (scope, user_id)
+        rows = await self.fetch(sql + " ORDER BY id", params)
+        return [memory_from_row(r, self.path) for r in rows]
+
+    async def memories_before(
+        self, cutoff: datetime, kinds: Iterable[str], user_id: str | None = None
+    ) -> list[Memory]:
+        """Every memory of ``kinds`` made before ``cutoff`` (retention; of one user, or of
+        everyone), oldest first."""
+        sql = (
+            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE created_at < ?"
+            " AND kind IN (SELECT value FROM json_each(?))"
+        )
+        params: list[Any] = [cutoff.isoformat(), orjson.dumps(sorted(kinds)).decode()]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        rows = await self.fetch(sql + " ORDER BY id", params)
+        return [memory_from_row(r, self.path) for r in rows]
+
+    async def users_with_history_before(self, cutoff: datetime) -> list[str]:
+        rows = await self.fetch(
+            "SELECT DISTINCT user_id FROM context_history WHERE at < ? ORDER BY user_id",
+            (cutoff.isoformat(),),
+        )
+        return [r[0] for r in rows]
 
     async def memories_by_source(self, source_id: str) -> list[Memory]:
         rows = await self.fetch(
@@ -678,6 +749,7 @@ class SqliteStore:
         limit: int,
         kinds: Iterable[str] | None = None,
         context_weight: float = 1.0,
+        scopes: Iterable[str] | None = None,
     ) -> list[tuple[int, float]]:
         """(memory id, BM25 with the user's own IDF, higher is better), best first, of the
         user's memories holding any of ``terms`` (from ``lexical.query_terms``).
@@ -685,16 +757,21 @@ class SqliteStore:
         One statement: the user's row count, FTS5's row count, then one single-term branch per
         term, each joined to the user's ids (the join, not the term, decides ownership). A query
         of more than ``MAX_QUERY_TERMS`` terms is first cut to its most informative ones
-        (``lexical.informative_terms``), which costs one more statement.
+        (``lexical.informative_terms``), which costs one more statement. ``scopes`` (None: all)
+        joins only the memories said in those scopes, so the limit counts allowed rows only.
         """
         if len(terms) > MAX_QUERY_TERMS:  # else the statement would pass SQLite's compound limit
             terms = informative_terms(terms, await self._term_hits(user_id, terms))
         if not terms:
             return []
         params: list[Any] = [user_id]
+        scope_list = None if scopes is None else orjson.dumps(sorted(scopes)).decode()
         for term in terms:
-            params += [context_weight, user_id, _fts_phrase(term)]
-        rows = await self.fetch(_lexical_sql(len(terms), kinds is not None), params)
+            params += [context_weight, user_id]
+            if scope_list is not None:
+                params.append(scope_list)
+            params.append(_fts_phrase(term))
+        rows = await self.fetch(_lexical_sql(len(terms), kinds is not None, scope_list is not None), params)
         _, user_rows, averages, _ = rows[0]
         per_term: list[list[tuple[int, float]]] = [[] for _ in terms]
         kind_of: dict[int, str] = {}
@@ -798,7 +875,7 @@ def _history_entry(row: sqlite3.Row | tuple[Any, ...], path: Path) -> HistoryEnt
         )
 
 
-MEMORY_COLUMNS = "id, user_id, text, kind, created_at, CAST(metadata AS BLOB), source_id"
+MEMORY_COLUMNS = "id, user_id, text, kind, created_at, CAST(metadata AS BLOB), source_id, scope"
 
 
 def memory_from_row(row: sqlite3.Row | tuple[Any, ...], path: Path) -> Memory:
@@ -812,6 +889,7 @@ def memory_from_row(row: sqlite3.Row | tuple[Any, ...], path: Path) -> Memory:
             created_at=parse_time("created_at", row[4]),
             metadata=freeze_json(parse_stored_json(row[5], path, where)),
             source_id=row[6],
+            scope=row[7],
         )
 
 
@@ -825,8 +903,8 @@ INSERT_HISTORY = (
     "INSERT INTO context_history (user_id, version, at, actor, change, state) VALUES (?, ?, ?, ?, ?, ?)"
 )
 INSERT_MEMORY = (
-    "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id, session_prev)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id, session_prev, scope)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_FTS = "INSERT INTO memories_fts (rowid, body, context) VALUES (?, ?, ?)"
 
@@ -843,8 +921,8 @@ _TERM_HITS_SQL = (
 )
 
 
-@functools.lru_cache(maxsize=128)
-def _lexical_sql(terms: int, with_kind: bool) -> str:
+@functools.lru_cache(maxsize=256)
+def _lexical_sql(terms: int, with_kind: bool, with_scope: bool = False) -> str:
     # BM25 column weights: the memory's own words 1, the words of the previous turn of its
     # session ``context_weight`` (retrieval.context_weight). The join goes through the covering
     # index memories_by_user (CROSS JOIN pins that order; the other order runs MATCH per row).
@@ -853,13 +931,17 @@ def _lexical_sql(terms: int, with_kind: bool) -> str:
         "SELECT -1, count(*), (SELECT block FROM memories_fts_data WHERE id = 1), NULL"
         " FROM memories INDEXED BY memories_by_user WHERE user_id = ?"
     )
+    # The scope filter is part of the join (a JSON array of the scopes allowed), not a filter
+    # of the results: what is not allowed is never a candidate.
     kind = "m.kind" if with_kind else "NULL"
+    scope = " AND m.scope IN (SELECT value FROM json_each(?))" if with_scope else ""
     branch = (
         " UNION ALL SELECT {n}, memories_fts.rowid, bm25(memories_fts, 1.0, ?), "
         + kind
         + " FROM memories_fts"
         " CROSS JOIN memories m INDEXED BY memories_by_user ON m.user_id = ? AND m.id = memories_fts.rowid"
-        " WHERE memories_fts MATCH ?"
+        + scope
+        + " WHERE memories_fts MATCH ?"
     )
     return head + "".join(branch.format(n=n) for n in range(terms))
 
@@ -897,6 +979,7 @@ def memory_statements(memory: Memory, body: str, context: str, session_prev: int
                 memory.created_at.isoformat(),
                 memory.source_id,
                 session_prev,
+                memory.scope,
             ),
         ),
         (INSERT_FTS, (memory.id, user_terms(memory.user_id, body), user_terms(memory.user_id, context))),
@@ -918,6 +1001,31 @@ def forget_memories_statements(memory_ids: Sequence[int]) -> list[Statement]:
             ("DELETE FROM memories WHERE id = ?", (memory_id,)),
         ]
     return statements
+
+
+def edit_memory_statements(
+    memory: Memory, body: str, following: Sequence[tuple[int, str]]
+) -> list[Statement]:
+    """Replace a memory's text and terms (its old embedding is dropped, to be remade), and the
+    context terms of the turns indexed with it as their previous one (``following``: id, terms)."""
+    statements: list[Statement] = [
+        ("UPDATE memories SET text = ?, embedding = NULL WHERE id = ?", (memory.text, memory.id)),
+        ("UPDATE memories_fts SET body = ? WHERE rowid = ?", (user_terms(memory.user_id, body), memory.id)),
+    ]
+    statements += [
+        ("UPDATE memories_fts SET context = ? WHERE rowid = ?", (user_terms(memory.user_id, context), mid))
+        for mid, context in following
+    ]
+    return statements
+
+
+def compact_history_statement(user_id: str, cutoff: datetime, keep_version: int) -> Statement:
+    """Drop the user's history states stored before ``cutoff`` (retention); ``keep_version``
+    (the current one) always stays, so the context can still be shown and restored."""
+    return (
+        "DELETE FROM context_history WHERE user_id = ? AND at < ? AND version <> ?",
+        (user_id, cutoff.isoformat(), keep_version),
+    )
 
 
 def redact_history_statement(user_id: str, version: int, state: str) -> Statement:

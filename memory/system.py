@@ -8,6 +8,7 @@ installs it; a caller cancelled mid-commit still leaves the change applied compl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -19,9 +20,16 @@ import aiofiles.os
 
 from memory import validation
 from memory.autosave import AutoSaver
-from memory.context import MAX_FRIENDSHIP, Exchange, FrozenMap, UserContext, freeze_json
+from memory.context import MAX_FRIENDSHIP, PRIVATE_SCOPE, Exchange, FrozenMap, UserContext, freeze_json
 from memory.control import ControlServer
-from memory.erasure import ErasureTarget, redacted_states, without_exchanges
+from memory.erasure import (
+    ErasureTarget,
+    edited_exchange_text,
+    edited_exchanges,
+    exchange_text,
+    redacted_states,
+    without_exchanges,
+)
 from memory.errors import (
     BackgroundTaskError,
     InvalidInputError,
@@ -49,7 +57,9 @@ from memory.semantic import SemanticMemory
 from memory.settings import Settings, load_settings
 from memory.store import (
     SqliteStore,
+    compact_history_statement,
     context_statements,
+    edit_memory_statements,
     erasure_statement,
     forget_memories_statements,
     forget_user_statements,
@@ -318,8 +328,12 @@ class MemorySystem:
         source_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         actor: str = "api",
+        scope: str = PRIVATE_SCOPE,
     ) -> UserContext:
         """Count one conversation, raise friendship, keep the exchange (and store it as a memory).
+
+        ``scope`` is where it was said (an opaque string, e.g. ``guild:<id>``): the exchange
+        and its memory carry it, and a scoped ``retrieve_memory`` sees them only if allowed.
 
         One chat message is one change: the display name and the preferences learned from it go
         in the same version and commit. ``preferences`` is either the changes to make (a value of
@@ -338,6 +352,7 @@ class MemorySystem:
         meta = _metadata(metadata)
         source = validation.source_id(source_id)
         actor = validation.actor(actor)
+        scope = validation.scope(scope)
         async with self._locks.hold(uid):
             now = datetime.now(UTC)
             old = self._current(uid, now)
@@ -347,9 +362,10 @@ class MemorySystem:
             if self.settings.retrieval.store_exchanges:
                 # The exchange memory's text: "<name>: <message>\nBot: <response>".
                 name = old.display_name if display_name is None else display_name
-                text = f"{name or uid}: {message}\nBot: {response}"
-                memories.append(self._new_memory(uid, text, "exchange", now, meta, source))
-            exchange = Exchange(message, response, now, memories[0].id if memories else None, source)
+                text = exchange_text(name or uid, message, response)
+                memories.append(self._new_memory(uid, text, "exchange", now, meta, source, scope))
+            memory_id = memories[0].id if memories else None
+            exchange = Exchange(message, response, now, memory_id, source, scope)
             recent = (*old.recent, exchange)
             new = old.copy_with(
                 display_name=old.display_name if display_name is None else display_name,
@@ -522,10 +538,11 @@ class MemorySystem:
         created_at: datetime,
         metadata: FrozenMap,
         source_id: str | None,
+        scope: str = PRIVATE_SCOPE,
     ) -> Memory:
         memory_id = self._next_memory_id
         self._next_memory_id += 1
-        return Memory(memory_id, uid, text, kind, created_at, metadata, source_id)
+        return Memory(memory_id, uid, text, kind, created_at, metadata, source_id, scope)
 
     async def save_memory(
         self,
@@ -536,18 +553,20 @@ class MemorySystem:
         metadata: Mapping[str, Any] | None = None,
         created_at: datetime | None = None,
         source_id: str | None = None,
+        scope: str = PRIVATE_SCOPE,
     ) -> Memory:
-        """Store one memory; committed before this returns, embedded just after."""
+        """Store one memory, said in ``scope``; committed before this returns, embedded just after."""
         self._require_running()
         uid = validation.user_id(user_id)
         text = validation.text("text", text, self.settings.limits.max_text_length, allow_empty=False)
         kind = validation.kind(kind)
         meta = _metadata(metadata)
         source = validation.source_id(source_id)
+        scope = validation.scope(scope)
         now = datetime.now(UTC)
         when = now if created_at is None else validation.timestamp("created_at", created_at, now)
         async with self._locks.hold(uid):
-            memory = self._new_memory(uid, text, kind, when, meta, source)
+            memory = self._new_memory(uid, text, kind, when, meta, source, scope)
             await self._commit_memories([memory])
         return memory
 
@@ -562,16 +581,26 @@ class MemorySystem:
         limit: int | None = None,
         offset: int = 0,
         kinds: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
     ) -> list[Memory]:
-        """The user's memories, oldest first."""
+        """The user's memories (said in ``scopes``; None: anywhere), oldest first."""
         self._require_running()
         uid = validation.user_id(user_id)
         if limit is not None:
             limit = validation.positive_int("limit", limit)
         offset = validation.non_negative_int("offset", offset)
         return await self._store.memories(
-            uid, limit=-1 if limit is None else limit, offset=offset, kinds=validation.kinds(kinds)
+            uid,
+            limit=-1 if limit is None else limit,
+            offset=offset,
+            kinds=validation.kinds(kinds),
+            scopes=validation.scopes(scopes),
         )
+
+    async def memory_scopes(self, user_id: str | int) -> list[str]:
+        """Every scope the user has memories in (to build a set of scopes to retrieve from)."""
+        self._require_running()
+        return await self._store.scopes_of(validation.user_id(user_id))
 
     async def count_memories(self, user_id: str | int) -> int:
         self._require_running()
@@ -651,20 +680,33 @@ class MemorySystem:
         return known
 
     async def _erase(
-        self, uid: str, memories: list[Memory], sources: tuple[str, ...], request: str, actor: str
+        self,
+        uid: str,
+        memories: list[Memory],
+        sources: tuple[str, ...],
+        request: str,
+        actor: str,
+        target: ErasureTarget | None = None,
+        *,
+        compact_before: datetime | None = None,
     ) -> tuple[bool, bool]:
         """Under the user's lock: delete ``memories`` and every exchange quoting them or
-        ``sources``, in one unit. Returns (the caller was cancelled meanwhile, though it all
-        applied; the context changed, so the snapshot quotes what was forgotten)."""
-        target = ErasureTarget.of(memories, sources)
+        ``sources`` (or matching ``target``, when given), in one unit; ``compact_before`` also
+        drops the history states stored before it (retention). Returns (the caller was
+        cancelled meanwhile, though it all applied; the context changed, so the snapshot
+        quotes what was forgotten)."""
+        target = target or ErasureTarget.of(memories, sources)
         now = datetime.now(UTC)
         statements = forget_memories_statements([m.id for m in memories])
         # Only exchanges are quoted in contexts. States older than the oldest forgotten
         # exchange cannot quote it; a bare source's exchange can be anywhere in the history.
         redactions: list[tuple[int, str]] = []
-        if sources or target.earliest is not None:
-            since = target.earliest if memories else None
-            redactions = redacted_states(await self._store.history_since(uid, since), target)
+        if sources or target.anywhere or target.earliest is not None:
+            since = target.earliest if memories and not target.anywhere else None
+            entries = await self._store.history_since(uid, since)
+            if compact_before is not None:  # those are deleted below, not rewritten
+                entries = [e for e in entries if e.at >= compact_before]
+            redactions = redacted_states(entries, target)
         statements += [redact_history_statement(uid, version, state) for version, state in redactions]
         old = self._contexts.get(uid)
         kept = without_exchanges(old, target) if old is not None else None
@@ -674,6 +716,9 @@ class MemorySystem:
             change = {"op": "forget", "request": request, "memories": len(memories)}
             encoded = new.to_json()
             statements += context_statements(new, encoded.decode(), now, actor, change)
+        current = new or old
+        if compact_before is not None and current is not None:
+            statements.append(compact_history_statement(uid, compact_before, current.version))
         redacted = len(redactions)
         statements.append(erasure_statement(uid, now, actor, request, len(memories) + redacted))
         cancelled = await wait_for_commit(self._store.submit(statements))
@@ -696,22 +741,168 @@ class MemorySystem:
         if cancelled:
             raise asyncio.CancelledError
 
+    async def forget_scope(
+        self, scope: str, *, user_id: str | int | None = None, actor: str = "api"
+    ) -> int:
+        """Forget what was said in ``scope`` (of one user, or of everyone: e.g. a guild the bot
+        left): memories and exchanges, everywhere a forget reaches. Returns the memories gone."""
+        self._require_running()
+        scope = validation.scope(scope)
+        only = None if user_id is None else validation.user_id(user_id)
+        actor = validation.actor(actor)
+        users = {m.user_id for m in await self._store.memories_in_scope(scope, only)}
+        users.update(
+            uid
+            for uid, ctx in self._contexts.items()
+            if (only is None or uid == only) and any(e.visible_scope == scope for e in ctx.recent)
+        )
+        forgotten = 0
+        cancelled = changed = False
+        for uid in sorted(users):
+            async with self._locks.hold(uid):
+                mine = await self._store.memories_in_scope(scope, uid)
+                target = ErasureTarget.of(mine, scopes=(scope,))
+                was_cancelled, was_changed = await self._erase(uid, mine, (), "forget_scope", actor, target)
+            cancelled, changed = cancelled or was_cancelled, changed or was_changed
+            forgotten += len(mine)
+        if users:
+            await self._after_erasure(cancelled, snapshot=changed)
+        return forgotten
+
+    async def prune_before(self, cutoff: datetime, *, actor: str = "retention") -> int:
+        """Retention: forget every exchange made before ``cutoff`` (memories and recent
+        exchanges, as a forget does), and drop the history states stored before it (the
+        current state always stays). Notes and facts are kept. Returns the memories gone."""
+        self._require_running()
+        cutoff = validation.timestamp("cutoff", cutoff, datetime.now(UTC))
+        actor = validation.actor(actor)
+        old = await self._store.memories_before(cutoff, ("exchange",))
+        users = {m.user_id for m in old}
+        users.update(await self._store.users_with_history_before(cutoff))
+        users.update(uid for uid, ctx in self._contexts.items() if any(e.at < cutoff for e in ctx.recent))
+        pruned = 0
+        cancelled = changed = False
+        for uid in sorted(users):
+            async with self._locks.hold(uid):
+                mine = await self._store.memories_before(cutoff, ("exchange",), uid)
+                target = ErasureTarget.of(mine, before=cutoff)
+                was_cancelled, was_changed = await self._erase(
+                    uid, mine, (), "retention", actor, target, compact_before=cutoff
+                )
+            cancelled, changed = cancelled or was_cancelled, changed or was_changed
+            pruned += len(mine)
+        if users:
+            await self._after_erasure(cancelled, snapshot=changed)
+        return pruned
+
+    async def edit_source(self, source_id: str, message: str, *, actor: str = "api") -> list[Memory]:
+        """A message said again in other words (e.g. an edited Discord message): the memories
+        made from it and the exchanges quoting it take the new text everywhere the old one was
+        (rows, terms, embedding, recent exchanges, stored history states, the snapshot), and
+        the old text is purged from the files as by a forget. Returns the memories as edited.
+
+        An exchange memory keeps its name and reply and gets the new message; any other memory
+        (a note) becomes ``message``.
+        """
+        self._require_running()
+        source = validation.source_id(source_id)
+        if source is None:
+            raise InvalidInputError("source_id", "must not be empty")
+        message = validation.text("message", message, self.settings.limits.max_text_length, allow_empty=False)
+        actor = validation.actor(actor)
+        users = {m.user_id for m in await self._store.memories_by_source(source)}
+        users.update(
+            uid for uid, ctx in self._contexts.items() if any(e.source_id == source for e in ctx.recent)
+        )
+        edited: list[Memory] = []
+        cancelled = changed = False
+        for uid in sorted(users):
+            async with self._locks.hold(uid):
+                mine = [m for m in await self._store.memories_by_source(source) if m.user_id == uid]
+                was_cancelled, was_changed, done = await self._edit(uid, mine, source, message, actor)
+            cancelled, changed = cancelled or was_cancelled, changed or was_changed
+            edited += done
+        if users:
+            await self._after_erasure(cancelled, snapshot=changed)
+        return edited
+
+    async def _edit(
+        self, uid: str, memories: list[Memory], source: str, message: str, actor: str
+    ) -> tuple[bool, bool, list[Memory]]:
+        """Under the user's lock: rewrite ``memories`` and the exchanges quoting them, one unit."""
+        target = ErasureTarget.of(memories, (source,))
+        now = datetime.now(UTC)
+        old = self._contexts.get(uid)
+        quoted = {e.memory_id: e for e in old.recent if e.memory_id is not None} if old else {}
+        edited = [
+            dataclasses.replace(
+                m,
+                text=edited_exchange_text(m.text, message, quoted.get(m.id))
+                if m.kind == "exchange"
+                else message,
+            )
+            for m in memories
+        ]
+        edited = [m for m, old_m in zip(edited, memories, strict=True) if m.text != old_m.text]
+        statements: list[Statement] = []
+        links = await self._store.session_neighbours([m.id for m in edited])
+        rows = await self._store.memories_by_id(
+            sorted({n for pair in links.values() for n in pair if n is not None})
+        )
+        for memory in edited:
+            prev_id, next_id = links.get(memory.id, (None, None))
+            previous = rows.get(prev_id) if prev_id is not None else None
+            body, _ = lexical_document(memory, previous)
+            following = rows.get(next_id) if next_id is not None else None
+            after = [] if following is None else [(following.id, lexical_document(following, memory)[1])]
+            statements += edit_memory_statements(memory, body, after)
+        redactions = redacted_states(await self._store.history_since(uid, None), target, message)
+        statements += [redact_history_statement(uid, version, state) for version, state in redactions]
+        new = None
+        rewritten = edited_exchanges(old, target, message) if old is not None else None
+        if old is not None and rewritten is not None:
+            new = old.copy_with(recent=rewritten, version=old.version + 1)
+            change = {"op": "edit", "memories": len(edited)}
+            encoded = new.to_json()
+            statements += context_statements(new, encoded.decode(), now, actor, change)
+        cancelled = await wait_for_commit(self._store.submit(statements))
+        if new is not None:
+            self._install(new, encoded)
+        self._last_memory.pop(uid, None)
+        ids = [m.id for m in edited]
+        cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
+        self._semantic.committed(edited)  # embedded again from the new text
+        return cancelled, new is not None, edited
+
     async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
         """The erasure log (every forget: who, when, what kind, how many rows; no content)."""
         self._require_running()
         return await self._store.erasures(None if user_id is None else validation.user_id(user_id))
 
     async def retrieve_memory(
-        self, user_id: str | int, query: str, k: int = 5, *, kinds: Iterable[str] | None = None
+        self,
+        user_id: str | int,
+        query: str,
+        k: int = 5,
+        *,
+        kinds: Iterable[str] | None = None,
+        scopes: Iterable[str] | None = None,
     ) -> list[ScoredMemory]:
-        """The user's memories most relevant to ``query``, best first; never another user's."""
+        """The user's memories most relevant to ``query``, best first; never another user's.
+
+        ``scopes`` is the set of scopes the caller may see (None: all of the person's). The
+        filter runs inside both searches, so k results come back when k allowed ones exist.
+        """
         self._require_running()
         uid = validation.user_id(user_id)
         query = validation.text("query", query, self.settings.limits.max_text_length, allow_empty=False)
         k = validation.positive_int("k", k)
         if k > self.settings.retrieval.max_k:
             raise InvalidInputError("k", f"must be at most {self.settings.retrieval.max_k} (retrieval.max_k)")
-        return await self._semantic.retrieve(uid, query, k, validation.kinds(kinds))
+        allowed = validation.scopes(scopes)
+        if allowed is not None and not allowed:
+            return []
+        return await self._semantic.retrieve(uid, query, k, validation.kinds(kinds), allowed)
 
     async def rebuild_index(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Rebuild the FAISS index from the embeddings in SQLite; returns the vectors indexed."""
@@ -762,7 +953,9 @@ class MemorySystem:
         fresh, ids = document.match(await self._store.memories(document.user_id))
         memories = []
         for m in fresh:
-            memory = self._new_memory(document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id)
+            memory = self._new_memory(
+                document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id, m.scope
+            )
             memories.append(memory)
             if m.exported_id is not None:
                 ids[m.exported_id] = memory.id

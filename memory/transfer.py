@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from memory import validation
-from memory.context import FrozenMap, UserContext, freeze_json, parse_time
+from memory.context import PRIVATE_SCOPE, FrozenMap, UserContext, freeze_json, parse_time
 from memory.errors import InvalidInputError
 from memory.records import HistoryEntry, Memory
 from memory.settings import LimitSettings
@@ -42,6 +42,7 @@ class ImportedMemory:
     metadata: FrozenMap
     source_id: str | None
     exported_id: int | None  # its id in the exporting database, which recent exchanges cite
+    scope: str = PRIVATE_SCOPE  # where it was said; an export from before scopes: the private one
 
     @property
     def key(self) -> str:
@@ -139,4 +140,5 @@ def _read_memory(raw: Any, limits: LimitSettings, now: datetime) -> ImportedMemo
         metadata=freeze_json(validation.metadata(raw.get("metadata"))),
         source_id=validation.source_id(raw.get("source_id")),
         exported_id=exported_id,
+        scope=validation.scope(raw.get("scope", PRIVATE_SCOPE), "memory scope"),
     )

@@ -175,6 +175,24 @@ def metadata(value: Any) -> dict[str, Any]:
     return decoded
 
 
+MAX_SCOPE_LENGTH: Final = 100
+
+
+def scope(value: Any, field: str = "scope") -> str:
+    """Where something was said: an opaque non-empty string (the bot uses dm, guild:<id>)."""
+    return text(field, value, MAX_SCOPE_LENGTH, allow_empty=False)
+
+
+def scopes(value: Any) -> frozenset[str] | None:
+    """None (every scope) or a collection of scopes; empty means nothing is visible."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        got = _type_name(value)
+        raise InvalidInputError("scopes", f"must be a set of scopes such as {{'dm'}}, got {got}")
+    return frozenset(scope(s, "scopes") for s in value)
+
+
 def source_id(value: Any) -> str | None:
     """Where a memory came from (e.g. a Discord message id); None for nowhere."""
     if value is None:

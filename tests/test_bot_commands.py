@@ -142,7 +142,7 @@ async def test_export_in_a_guild_goes_to_dms(
     await dpytest.message("!export", member=member(0))
     private, public = sent_messages()
     assert private.attachments and private.channel.type is discord.ChannelType.private
-    assert public.content == "I've sent your data to your DMs." and not public.attachments
+    assert public.content == "I've sent you a DM." and not public.attachments
 
 
 async def test_export_with_nothing_stored_is_a_friendly_reply(make_bot: BotFactory) -> None:

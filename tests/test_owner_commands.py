@@ -15,7 +15,7 @@ from tests.bot_fixtures import BotFactory, dm_channel, make_bot, member, payload
 
 __all__ = ["make_bot"]  # the fixture, imported explicitly
 OWNER_COMMANDS = ("forget-user", "block", "unblock", "stats", "sync")
-MEMORY_COMMANDS = ("remember", "recall", "forget", "profile", "export", "help")
+MEMORY_COMMANDS = ("remember", "recall", "forget", "profile", "export", "help", "memory", "privacy")
 
 
 async def say(text: str, who: int) -> str:
@@ -110,8 +110,8 @@ async def test_replies_are_sent_as_replies_without_pinging(make_bot: BotFactory)
     bot = await make_bot()
     chat = await dpytest.message(f"<@{bot.user.id if bot.user else 0}> hello bot", member=member(0))
     command = await dpytest.message("!profile", member=member(0))
-    assert len(sent_messages()) == 2
-    chat_reply, command_reply = payloads(bot)
+    assert len(sent_messages()) == 3  # the profile itself goes by DM
+    chat_reply, _, command_reply = payloads(bot)
     assert chat_reply["message_reference"]["message_id"] == chat.id
     assert command_reply["message_reference"]["message_id"] == command.id
     for payload in (chat_reply, command_reply):

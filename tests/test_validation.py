@@ -78,6 +78,8 @@ BAD: dict[str, list[Any]] = {
     ],
     "source_id": ["", "   ", "x" * 201, "nul\x00", True, 3.5, -1, 10**200, 10**5000, b"m", ["m"]],
     "callback": [5, "print", [print], Unprintable()],
+    "scope": ["", "   ", "x" * 101, "nul\x00", "lone\ud800", 5, None, b"dm", ["dm"], Unprintable()],
+    "scopes": ["dm", b"dm", 5, [""], [5], [None], ["x" * 101], Unprintable()],
 }
 
 
@@ -198,6 +200,7 @@ METHODS = [
             "source_id": "source_id",
             "metadata": "metadata",
             "actor": "actor",
+            "scope": "scope",
         },
         frozenset({"display_name", "preferences", "source_id", "metadata"}),
     ),
@@ -228,14 +231,38 @@ METHODS = [
             "metadata": "metadata",
             "created_at": "datetime",
             "source_id": "source_id",
+            "scope": "scope",
         },
         frozenset({"metadata", "created_at", "source_id"}),
     ),
     Method(
         "get_memories",
         {"user_id": "alice"},
-        {"user_id": "user_id", "limit": "positive_int", "offset": "offset", "kinds": "kinds"},
-        frozenset({"limit", "kinds"}),
+        {
+            "user_id": "user_id",
+            "limit": "positive_int",
+            "offset": "offset",
+            "kinds": "kinds",
+            "scopes": "scopes",
+        },
+        frozenset({"limit", "kinds", "scopes"}),
+    ),
+    Method("memory_scopes", {"user_id": "alice"}, {"user_id": "user_id"}),
+    Method(
+        "forget_scope",
+        {"scope": "guild:1"},
+        {"scope": "scope", "user_id": "user_id", "actor": "actor"},
+        frozenset({"user_id"}),
+    ),
+    Method(
+        "prune_before",
+        {"cutoff": datetime.now(UTC) - timedelta(days=1)},
+        {"cutoff": "datetime", "actor": "actor"},
+    ),
+    Method(
+        "edit_source",
+        {"source_id": "msg-1", "message": "new words"},
+        {"source_id": "source_id", "message": "required_text", "actor": "actor"},
     ),
     Method("count_memories", {"user_id": "alice"}, {"user_id": "user_id"}),
     Method(
@@ -249,8 +276,8 @@ METHODS = [
     Method(
         "retrieve_memory",
         {"user_id": "alice", "query": "jazz"},
-        {"user_id": "user_id", "query": "required_text", "k": "k", "kinds": "kinds"},
-        frozenset({"kinds"}),
+        {"user_id": "user_id", "query": "required_text", "k": "k", "kinds": "kinds", "scopes": "scopes"},
+        frozenset({"kinds", "scopes"}),
     ),
     Method("rebuild_index", {}, {"progress": "callback"}, frozenset({"progress"})),
     Method("export_user", {"user_id": "alice"}, {"user_id": "user_id"}),

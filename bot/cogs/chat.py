@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.formatting import friendly_error, split_message
 from bot.metrics import Timer
+from bot.privacy import Place
 from bot.rate_limit import rate_limited_reply
 from bot.responder import reply_guild
 from memory import MemoryBotError
@@ -74,6 +75,7 @@ class ChatCog(commands.Cog):
                         message.author.display_name,
                         text,
                         source_id=str(message.id),
+                        place=Place(message.guild.id if message.guild else None, message.channel.id),
                     )
         except MemoryBotError as exc:
             log.warning("could not answer message %s: %s", message.id, exc, exc_info=True)
