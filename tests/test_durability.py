@@ -53,4 +53,5 @@ async def test_kill_9_during_save_memory_loses_no_acknowledged_memory(
                 await ms.retrieve_memory(user, "sync")
             stats = await ms.stats()
             assert stats["pending_embeddings"] == 0
-            assert stats["index_vectors"] == stats["memories"] == sum(map(len, stored.values()))
+            # Memories committed just before the kill may never have been acknowledged: at least.
+            assert stats["index_vectors"] == stats["memories"] >= sum(map(len, stored.values()))
