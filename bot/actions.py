@@ -24,6 +24,7 @@ from bot.privacy import (
     public_preferences,
     remembering,
 )
+from bot.responder import relevant
 from memory import Memory, MemoryNotFoundError, MemorySystem, UserNotFoundError
 
 RECALL_RESULTS = 5
@@ -81,6 +82,8 @@ class MemoryActions:
         results = await self.memory.retrieve_memory(
             user_id, shorten(query, limit), RECALL_RESULTS, scopes=scopes
         )
+        # No quoted nonsense: a query that matches nothing well gets no memory.
+        results = [scored for scored in results if relevant(scored, query)]
         if not results:
             return "I don't remember anything about that yet."
         return "\n".join(["Here's what I remember:", *(_memory_line(s.memory) for s in results)])

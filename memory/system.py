@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -370,7 +370,7 @@ class MemorySystem:
             new = old.copy_with(
                 display_name=old.display_name if display_name is None else display_name,
                 conversations_count=old.conversations_count + 1,
-                friendship_level=min(MAX_FRIENDSHIP, old.friendship_level + limits.friendship_step),
+                friendship_level=min(MAX_FRIENDSHIP, old.friendship_level + self._friendship_step(old, now)),
                 preferences=prefs,
                 recent=recent[-limits.recent_exchanges :] if limits.recent_exchanges else (),
                 last_seen=now,
@@ -387,6 +387,13 @@ class MemorySystem:
                 change["display_name"] = [old.display_name, new.display_name]
             await self._commit(new, now, actor, change, memories)
         return new
+
+    def _friendship_step(self, old: UserContext, now: datetime) -> int:
+        """Friendship grows per conversation, not per message: a message less than
+        ``retrieval.session_gap_minutes`` after the last one continues the same conversation."""
+        gap = timedelta(minutes=self.settings.retrieval.session_gap_minutes)
+        new_session = old.conversations_count == 0 or not gap or now - old.last_seen >= gap
+        return self.settings.limits.friendship_step if new_session else 0
 
     def _apply_preferences(
         self, current: FrozenMap, changes: Mapping[str, Any]

@@ -57,6 +57,14 @@ async def test_recall_finds_only_the_callers_memories(make_bot: BotFactory) -> N
     assert "bob likes the oak tree" in bob
 
 
+async def test_recall_of_nonsense_quotes_no_memory(make_bot: BotFactory) -> None:
+    bot = await make_bot()
+    for text in ("my cat is called Miso", "I work at the bakery", "my sister lives in Lisbon"):
+        await bot.memory.save_memory(member(0).id, text)
+    assert "don't remember anything" in await say("!recall zzzzqqq", 0)
+    assert "Miso" in await say("!recall cat", 0)
+
+
 async def test_recall_with_nothing_stored_says_so(make_bot: BotFactory) -> None:
     await make_bot()
     assert "don't remember anything" in await say("!recall anything")
@@ -109,7 +117,7 @@ async def test_profile_shows_count_friendship_and_preferences(make_bot: BotFacto
     reply = await say("!profile")
     assert "Profile of Sam" in reply
     assert "Conversations: 2" in reply
-    assert "Friendship: 4/100" in reply
+    assert "Friendship: 2/100" in reply  # two messages, one conversation
     assert "Memories: 2" in reply
     assert "- favourite food: pizza" in reply
     other = await say("!profile", 1)

@@ -57,7 +57,9 @@ async def test_thousand_users_ten_updates_each_survive_a_restart(
 async def test_update_context_raises_friendship_and_keeps_recent(
     make_system: Callable[..., MemorySystem],
 ) -> None:
-    async with make_system(limits={"recent_exchanges": 3, "friendship_step": 40}) as ms:
+    # session_gap_minutes = 0: every message is a conversation of its own.
+    limits = {"recent_exchanges": 3, "friendship_step": 40}
+    async with make_system(limits=limits, retrieval={"session_gap_minutes": 0}) as ms:
         for i in range(5):
             ctx = await ms.update_context(7, f"m{i}", f"r{i}", display_name="Sam")
         assert ctx.user_id == "7"
@@ -177,3 +179,14 @@ async def test_calls_before_start_and_after_close_raise(
         await system.update_context("alice", "m", "r")
     with pytest.raises(SystemClosedError):
         await system.start()
+
+
+async def test_friendship_rises_per_conversation_not_per_message(
+    make_system: Callable[..., MemorySystem],
+) -> None:
+    """Messages minutes apart are one conversation: friendship rises once for all of them."""
+    async with make_system(limits={"friendship_step": 5}, retrieval={"session_gap_minutes": 30}) as ms:
+        for i in range(6):
+            ctx = await ms.update_context("chatty", f"message {i}", "ok")
+        assert ctx.conversations_count == 6
+        assert ctx.friendship_level == 5
