@@ -56,7 +56,7 @@ from memory.store import (
     memory_statements,
     redact_history_statement,
 )
-from memory.supervisor import Faults, Supervisor, SystemState
+from memory.supervisor import Faults, Supervisor, SystemState, TaskName
 from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,18 @@ class MemorySystem:
             except Exception as cleanup:  # noqa: BLE001 - the start error is the one to raise
                 log.error("cleaning up after a failed start also failed: %s", cleanup)
             raise
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait for the embedding model (it loads in the background after ``start()``).
+
+        True once it is ready; False if it failed to load (``stats()["encoder_error"]`` says
+        why) or ``timeout`` seconds passed. Nothing needs this: until then retrieval is lexical.
+        """
+        self._require_running()
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if timeout is not None and (not number or timeout < 0):
+            raise InvalidInputError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        return await self._semantic.wait_ready(timeout)
 
     def _task_died(self, error: BackgroundTaskError) -> None:
         if self._state in (SystemState.STARTING, SystemState.RUNNING):
@@ -772,7 +784,11 @@ class MemorySystem:
 
     def health(self) -> dict[str, Any]:
         """The lifecycle state and each background task's (running, stopped, or why it died)."""
-        return {"state": str(self._state), "tasks": self._supervisor.health()}
+        tasks = self._supervisor.health()
+        semantic = getattr(self, "_semantic", None)
+        if semantic is not None and str(TaskName.MODEL_LOADER) in tasks:
+            tasks[str(TaskName.MODEL_LOADER)] = semantic.loader_health()  # done is not dead
+        return {"state": str(self._state), "tasks": tasks}
 
     async def stats(self) -> dict[str, Any]:
         """Counters of every part; also while FAILED, to show which task died and why."""
