@@ -256,8 +256,10 @@ class SentenceTransformerEncoder:
                 model = load_onnx_model(path, self._settings, self._cache_dir)
             else:
                 import torch
+                import transformers
                 from sentence_transformers import SentenceTransformer
 
+                transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
                 if self._settings.threads:
                     torch.set_num_threads(self._settings.threads)
                 model = SentenceTransformer(path, device="cpu", local_files_only=True)

@@ -126,6 +126,7 @@ class SemanticMemory:
         encoder = self._encoder
         assert encoder is not None
         started = time.perf_counter()
+        log.info("loading the embedding model %s in the background", encoder.name)
         try:
             await load_encoder(encoder)
             if self._index is None:

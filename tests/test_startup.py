@@ -152,7 +152,8 @@ async def test_the_asking_users_memories_are_embedded_before_the_backlog(tmp_pat
         # zed's batch was in flight; the next batch starts with ann's memory, ahead of the 100
         # queued before it, and is filled up with the oldest of those.
         assert encoder.batches[0] == ["slow first note"]
-        assert encoder.batches[1] == ["my sister lives in Lyon"] + [f"backlog note number {i}" for i in range(15)]
+        backlog = [f"backlog note number {i}" for i in range(15)]
+        assert encoder.batches[1] == ["my sister lives in Lyon", *backlog]
     async with system(tmp_path / "data", HashingEncoder()) as again:
         assert (await again.stats())["pending_embeddings"] == 0
 
