@@ -359,8 +359,9 @@ class SemanticMemory:
         return True
 
     def _take_batch(self, size: int) -> list[Memory]:
-        """The next batch: the pending memories of users waiting in a retrieve first (the
-        priority lane), then the oldest; taken ones are in flight until embedded."""
+        """The next batch: the pending memories of users waiting in a retrieve alone (the
+        priority lane: not filled up with the backlog, so the asker waits for their own texts
+        only), else the oldest; taken ones are in flight until embedded."""
         batch: list[Memory] = []
         if self._urgent:
             urgent = set(self._urgent)
@@ -368,6 +369,9 @@ class SemanticMemory:
             for memory in self._pending:
                 (batch if memory.user_id in urgent and len(batch) < size else rest).append(memory)
             self._pending = rest
+        if batch:
+            self._in_flight_ids = {m.id for m in batch}
+            return batch
         while len(batch) < size and self._pending:
             batch.append(self._pending.popleft())
         self._in_flight_ids = {m.id for m in batch}
