@@ -167,6 +167,8 @@ class SemanticMemory:
         """The model loader's entry in ``health()["tasks"]``: alive while loading or ready."""
         if self.encoder_state is EncoderState.FAILED:
             return f"failed to load the model: {self.encoder_error}"
+        if self._stopping.is_set():
+            return "stopped"
         return "starting" if self.encoder_state is EncoderState.LOADING else "ok"
 
     def _died(self, error: BackgroundTaskError) -> None:

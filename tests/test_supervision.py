@@ -146,6 +146,7 @@ async def test_unarmed_faults_change_nothing(tmp_path: Path) -> None:
         health = ms.health()
         assert health["state"] == "running"
         assert set(health["tasks"]) == {str(name) for name in TaskName} - {"encoder batcher"}
+        assert health["tasks"].pop("model loader") == "ok"  # done: the model is ready
         assert set(health["tasks"].values()) == {"running"}
 
 
