@@ -69,6 +69,7 @@ MAX_FRESH_CONTEXTS = 10_000
 MAX_CACHED_LAST_MEMORIES = 100_000
 # How long close() lets changes in flight finish before it closes the parts under them.
 CLOSE_GRACE_SECONDS = 30.0
+MAX_WAIT_SECONDS = 86_400  # the longest ``wait_ready`` timeout (None waits as long as it takes)
 
 
 async def wait_for_commit(commit: Awaitable[T]) -> bool:
@@ -166,8 +167,9 @@ class MemorySystem:
         """
         self._require_running()
         number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
-        if timeout is not None and (not number or timeout < 0):
-            raise InvalidInputError("timeout", f"must be a number of seconds >= 0 or None, not {timeout!r}")
+        if timeout is not None and not (number and 0 <= timeout <= MAX_WAIT_SECONDS):  # NaN too
+            rule = f"must be None or 0 to {MAX_WAIT_SECONDS} seconds, not this {type(timeout).__name__}"
+            raise InvalidInputError("timeout", rule)
         return await self._semantic.wait_ready(timeout)
 
     def _task_died(self, error: BackgroundTaskError) -> None:

@@ -78,6 +78,7 @@ BAD: dict[str, list[Any]] = {
     ],
     "source_id": ["", "   ", "x" * 201, "nul\x00", True, 3.5, -1, 10**200, 10**5000, b"m", ["m"]],
     "callback": [5, "print", [print], Unprintable()],
+    "seconds": [-1, -0.5, True, "5", float("nan"), float("inf"), 10**5000, [1], Unprintable()],
 }
 
 
@@ -257,6 +258,7 @@ METHODS = [
     Method("import_user", {"data": EXPORT}, {"data": "document", "actor": "actor"}),
     Method("stats"),
     Method("health"),
+    Method("wait_ready", {}, {"timeout": "seconds"}, frozenset({"timeout"})),
     Method("start"),  # no parameters; a second start is refused as the lifecycle's business
     Method("close"),
 ]
