@@ -163,6 +163,7 @@ async def run(folder: Path, settings: Any) -> dict[str, Any]:
                 for fact in persona.facts:
                     await pipeline.handle(f"p{i}", persona.name, fact)
         async with MemorySystem(folder, settings=settings) as memory:  # a restart
+            await memory.wait_ready()  # the model loads in the background
             pipeline = ChatPipeline(memory, responder)
             for i, persona in enumerate(PERSONAS):
                 for question, keys, paraphrased in persona.questions:

@@ -82,6 +82,7 @@ def load(data: Path, limit: int | None) -> tuple[dict[str, list[tuple[str, str, 
 async def build(folder: Path, settings: Any, turns: dict[str, list[tuple[str, str, datetime]]]) -> float:
     started = time.perf_counter()
     async with MemorySystem(folder, settings=settings) as ms:
+        await ms.wait_ready()  # the model loads in the background; figures are for dense retrieval
         for user, rows in turns.items():
             for dia_id, text, when in rows:
                 await ms.save_memory(
@@ -116,6 +117,7 @@ async def evaluate(
     """The table, and the wall and CPU seconds (every thread of the process) per query."""
     ranked: list[tuple[Question, Sequence[str]]] = []
     async with MemorySystem(folder, settings=settings) as ms:
+        await ms.wait_ready()
         await ms.retrieve_memory(questions[0].user, "warm up")
         started, cpu = time.perf_counter(), time.process_time()
         for q in questions:

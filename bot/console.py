@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,22 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+async def announce_model(memory: MemorySystem, err: TextIO) -> None:
+    """One progress line while the model loads in the background (chat works meanwhile)."""
+    started = time.perf_counter()
+    err.write("memory-bot: loading the embedding model… ")
+    err.flush()
+    try:
+        if await memory.wait_ready():
+            err.write(f"ready in {time.perf_counter() - started:.1f} s\n")
+        else:
+            reason = (await memory.stats()).get("encoder_error")
+            err.write(f"failed, memories are searched by their words only: {reason}\n")
+    except MemoryBotError as exc:  # the system failed meanwhile: the chat reports it too
+        err.write(f"not loaded: {exc}\n")
+    err.flush()
+
+
 async def run_console(
     memory: MemorySystem,
     responder: Responder,
@@ -198,6 +215,7 @@ async def run_console(
             "/help lists commands, /quit leaves.\n"
         )
         reader = LineReader(stdin)
+        announcing = asyncio.ensure_future(announce_model(memory, sys.stderr))
         try:
             with stop_on_signals(stop):
                 while not stop.is_set():
@@ -212,6 +230,7 @@ async def run_console(
                     if not await chat.handle(line):
                         break
         finally:
+            announcing.cancel()
             await responder.close()
     if interactive:
         out.write("\n")

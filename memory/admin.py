@@ -377,7 +377,9 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
 @asynccontextmanager
 async def _system(settings: Settings, data_dir: Path) -> AsyncIterator[MemorySystem]:
     """A started MemorySystem whose encoder made the stored embeddings (else it re-embeds all)."""
-    encoder = await open_encoder(settings, await stored_model_of(data_dir, settings))
+    # No change made here embeds (new memories are embedded by the next process with the
+    # model): the encoder is the model's name only, and torch is never imported.
+    encoder = await open_encoder(settings, await stored_model_of(data_dir, settings), load=False)
     try:
         async with MemorySystem(data_dir, settings=settings, encoder=encoder) as system:
             yield system

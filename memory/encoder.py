@@ -144,6 +144,62 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def encoder_name(settings: EncoderSettings) -> str:
+    """The name stored beside the embeddings, known without loading the model."""
+    if settings.kind == "hashing":
+        return f"hashing-{settings.hashing_dim}"
+    return f"{settings.model} ({settings.backend})"
+
+
+def quiet_model_libraries() -> None:
+    """Keep transformers' progress bars and warnings off the terminal (read at their import)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+async def load_encoder(encoder: Encoder) -> None:
+    """Load the model of an encoder that has one (an async ``load()``); others are ready as built."""
+    load = getattr(encoder, "load", None)
+    if load is not None:
+        await load()
+
+
+class DeferredEncoder:
+    """The configured model's name, never its model: for changes that do not embed.
+
+    ``memory-admin forget``, ``rollback`` and ``import`` open a MemorySystem but embed nothing,
+    so loading torch for them cost 25 s. This encoder's ``load()`` never finishes: retrieval
+    stays lexical, and memories added meanwhile stay pending in SQLite until a process that
+    loads the model embeds them.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @property
+    def dim(self) -> int:
+        return 0
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def load(self) -> None:
+        await asyncio.Event().wait()  # cancelled by close()
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        raise EncoderError(f"the model {self._name} is not loaded by this command; use `memory-admin search`")
+
+    async def close(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"encoder": self._name}
+
+
 class SentenceTransformerEncoder:
     """all-MiniLM-L6-v2 (or another sentence-transformers model), loaded offline, micro-batched."""
 
@@ -172,7 +228,7 @@ class SentenceTransformerEncoder:
 
     @property
     def name(self) -> str:
-        return f"{self._settings.model} ({self._settings.backend})"
+        return encoder_name(self._settings)
 
     @property
     def precision(self) -> str:
@@ -190,8 +246,7 @@ class SentenceTransformerEncoder:
         return dim
 
     def _open_model(self) -> tuple[Any, int]:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        quiet_model_libraries()
         path = resolve_model_path(self._settings.model)
         started = time.perf_counter()
         try:
@@ -201,8 +256,10 @@ class SentenceTransformerEncoder:
                 model = load_onnx_model(path, self._settings, self._cache_dir)
             else:
                 import torch
+                import transformers
                 from sentence_transformers import SentenceTransformer
 
+                transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
                 if self._settings.threads:
                     torch.set_num_threads(self._settings.threads)
                 model = SentenceTransformer(path, device="cpu", local_files_only=True)
@@ -328,12 +385,21 @@ class SentenceTransformerEncoder:
 
 
 async def build_encoder(
-    settings: EncoderSettings, cache_dir: Path | None = None, supervisor: Supervisor | None = None
+    settings: EncoderSettings,
+    cache_dir: Path | None = None,
+    supervisor: Supervisor | None = None,
+    *,
+    load: bool = True,
 ) -> Encoder:
-    """The encoder the settings choose; the hashing one only when asked for by name."""
+    """The encoder the settings choose; the hashing one only when asked for by name.
+
+    ``load=False`` returns the model unloaded (``load_encoder`` loads it): a MemorySystem
+    starts without waiting for it.
+    """
     if settings.kind == "hashing":
         log.warning("using the hashing test encoder: semantic search is lexical-quality only")
         return HashingEncoder(settings.hashing_dim)
     encoder = SentenceTransformerEncoder(settings, cache_dir, supervisor)
-    await encoder.load()
+    if load:
+        await encoder.load()
     return encoder

@@ -23,7 +23,7 @@ import orjson
 
 from memory import validation
 from memory.context import UserContext, stored_context
-from memory.encoder import Encoder, Vectors, build_encoder
+from memory.encoder import DeferredEncoder, Encoder, Vectors, build_encoder, encoder_name
 from memory.errors import (
     ConfigError,
     IndexCorruptError,
@@ -522,16 +522,21 @@ async def _guarded(name: str, check: Callable[[], Any]) -> Check:
     return result
 
 
-async def open_encoder(settings: Settings, stored_model: str | None) -> Encoder:
-    """The configured encoder, refused if it is not the model that made the stored embeddings."""
-    encoder = await build_encoder(settings.encoder)
-    if stored_model is not None and encoder.name != stored_model:
-        await encoder.close()
+async def open_encoder(settings: Settings, stored_model: str | None, *, load: bool = True) -> Encoder:
+    """The configured encoder, refused if it is not the model that made the stored embeddings.
+
+    ``load=False`` is for commands that never embed: they get the model's name only
+    (``DeferredEncoder``), so torch and sentence-transformers are never imported.
+    """
+    name = encoder_name(settings.encoder)
+    if stored_model is not None and name != stored_model:
         raise ConfigError(
             f"the stored embeddings were made by {stored_model}, but the configured encoder is "
-            f"{encoder.name}; pass the bot's --config (or MEMORY_BOT_ENCODER_* variables)"
+            f"{name}; pass the bot's --config (or MEMORY_BOT_ENCODER_* variables)"
         )
-    return encoder
+    if not load and settings.encoder.kind != "hashing":
+        return DeferredEncoder(name)
+    return await build_encoder(settings.encoder)
 
 
 async def stored_model_of(data_dir: Path, settings: Settings) -> str | None:

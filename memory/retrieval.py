@@ -156,7 +156,7 @@ class Retriever:
 
     async def retrieve(
         self,
-        index: PerUserIndex,
+        index: PerUserIndex | None,
         user_id: str,
         query: str,
         embed_query: Callable[[], Awaitable[Vectors]],
@@ -164,7 +164,8 @@ class Retriever:
         kinds: frozenset[str] | None,
         scopes: frozenset[str] | None = None,
     ) -> list[ScoredMemory]:
-        """The best k of the user's memories (of ``kinds``, said in ``scopes``; None: all)."""
+        """The best k of the user's memories (of ``kinds``, said in ``scopes``; None: all);
+        ``index`` None (no model yet) ranks with the dense part absent."""
         weights = FusionWeights.from_settings(self._cfg)
         if self._model is None:
             stage = await self._fused(index, user_id, query, embed_query, k, kinds, scopes=scopes)
@@ -185,7 +186,7 @@ class Retriever:
 
     async def pool(
         self,
-        index: PerUserIndex,
+        index: PerUserIndex | None,
         user_id: str,
         query: str,
         embed_query: Callable[[], Awaitable[Vectors]],
@@ -269,7 +270,7 @@ class Retriever:
 
     async def _fused(
         self,
-        index: PerUserIndex,
+        index: PerUserIndex | None,
         user_id: str,
         query: str,
         embed_query: Callable[[], Awaitable[Vectors]],
@@ -293,11 +294,15 @@ class Retriever:
                 user_id, query_terms(user_id, query), candidates * 2, kinds, cfg.context_weight, scopes
             )
         )
+        query_vector: Vectors | None = None
+        dense_top: list[tuple[int, float]] = []
+        floor, known = 0.0, dict[int, float]()
         try:
-            query_vector = await embed_query()
-            dense_top, floor, known = await self._run_index(
-                index.search_scored, user_id, query_vector, candidates, allowed
-            )
+            if index is not None:
+                query_vector = await embed_query()
+                dense_top, floor, known = await self._run_index(
+                    index.search_scored, user_id, query_vector, candidates, allowed
+                )
             lexical = dict(await lexical_search)
         finally:
             lexical_search.cancel()
@@ -318,7 +323,7 @@ class Retriever:
         linked = {n for pair in neighbours.values() for n in pair if n is not None}
         missing = (lexical.keys() | linked) - dense.keys()
         dense.update((mid, known[mid]) for mid in missing & known.keys())
-        if unknown := missing - known.keys():
+        if (unknown := missing - known.keys()) and index is not None and query_vector is not None:
             dense.update(
                 await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector, allowed)
             )

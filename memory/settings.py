@@ -64,6 +64,7 @@ class EncoderSettings:
     batch_size: int = field(default=64, metadata=_rule(low=1, high=4096))
     batch_wait_ms: float = field(default=0.0, metadata=_rule(low=0, high=1000))
     hashing_dim: int = field(default=384, metadata=_rule(low=8, high=4096))
+    ready_wait_ms: float = field(default=300.0, metadata=_rule(low=0, high=600_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class RetrievalSettings:
     recency_half_life_days: float = field(default=30.0, metadata=_rule(low=0.001, high=100_000))
     candidates: int = field(default=50, metadata=_rule(low=1, high=10_000))
     embed_batch: int = field(default=64, metadata=_rule(low=1, high=4096))
+    pending_wait_ms: float = field(default=500.0, metadata=_rule(low=0, high=600_000))
     reranker: bool = True
 
 

@@ -38,6 +38,7 @@ class TaskName(StrEnum):
     EMBEDDER = "embedder"
     AUTO_SAVER = "auto-saver"
     CHECKPOINTER = "checkpointer"
+    MODEL_LOADER = "model loader"
 
 
 class Faults:

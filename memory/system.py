@@ -66,7 +66,7 @@ from memory.store import (
     memory_statements,
     redact_history_statement,
 )
-from memory.supervisor import Faults, Supervisor, SystemState
+from memory.supervisor import Faults, Supervisor, SystemState, TaskName
 from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ MAX_FRESH_CONTEXTS = 10_000
 MAX_CACHED_LAST_MEMORIES = 100_000
 # How long close() lets changes in flight finish before it closes the parts under them.
 CLOSE_GRACE_SECONDS = 30.0
+MAX_WAIT_SECONDS = 86_400  # the longest ``wait_ready`` timeout (None waits as long as it takes)
 
 
 async def wait_for_commit(commit: Awaitable[T]) -> bool:
@@ -167,6 +168,19 @@ class MemorySystem:
             except Exception as cleanup:  # noqa: BLE001 - the start error is the one to raise
                 log.error("cleaning up after a failed start also failed: %s", cleanup)
             raise
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait for the embedding model (it loads in the background after ``start()``).
+
+        True once it is ready; False if it failed to load (``stats()["encoder_error"]`` says
+        why) or ``timeout`` seconds passed. Nothing needs this: until then retrieval is lexical.
+        """
+        self._require_running()
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if timeout is not None and not (number and 0 <= timeout <= MAX_WAIT_SECONDS):  # NaN too
+            rule = f"must be None or 0 to {MAX_WAIT_SECONDS} seconds, not this {type(timeout).__name__}"
+            raise InvalidInputError("timeout", rule)
+        return await self._semantic.wait_ready(timeout)
 
     def _task_died(self, error: BackgroundTaskError) -> None:
         if self._state in (SystemState.STARTING, SystemState.RUNNING):
@@ -972,7 +986,11 @@ class MemorySystem:
 
     def health(self) -> dict[str, Any]:
         """The lifecycle state and each background task's (running, stopped, or why it died)."""
-        return {"state": str(self._state), "tasks": self._supervisor.health()}
+        tasks = self._supervisor.health()
+        semantic = getattr(self, "_semantic", None)
+        if semantic is not None and str(TaskName.MODEL_LOADER) in tasks:
+            tasks[str(TaskName.MODEL_LOADER)] = semantic.loader_health()  # done is not dead
+        return {"state": str(self._state), "tasks": tasks}
 
     async def stats(self) -> dict[str, Any]:
         """Counters of every part; also while FAILED, to show which task died and why."""

@@ -21,7 +21,8 @@ PYTHON = sys.executable
 
 def test_settings(**sections: dict[str, Any]) -> Settings:
     """Defaults plus the hashing encoder and whatever a test overrides."""
-    overrides: dict[str, dict[str, Any]] = {"encoder": {"kind": "hashing"}}
+    # Tests that use the real model wait for it (the lexical fallback has its own tests).
+    overrides: dict[str, dict[str, Any]] = {"encoder": {"kind": "hashing", "ready_wait_ms": 600_000.0}}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     return load_settings(environ={}, overrides=overrides)

@@ -121,6 +121,7 @@ async def test_batcher_that_raises_key_error_fails_encode_at_once(tmp_path: Path
     settings = load_settings(environ={})  # the real model and its micro-batcher
     ms = MemorySystem(tmp_path / "data", settings=settings, faults=faults)
     await ms.start()
+    assert await ms.wait_ready()  # the model loads in the background
     faults.arm(TaskName.ENCODER_BATCHER, KeyError("input_ids"))
     async with asyncio.timeout(DEADLINE):
         queries = [ms.retrieve_memory("bob", f"question {i}") for i in range(3)]
@@ -145,6 +146,7 @@ async def test_unarmed_faults_change_nothing(tmp_path: Path) -> None:
         health = ms.health()
         assert health["state"] == "running"
         assert set(health["tasks"]) == {str(name) for name in TaskName} - {"encoder batcher"}
+        assert health["tasks"].pop("model loader") == "ok"  # done: the model is ready
         assert set(health["tasks"].values()) == {"running"}
 
 

@@ -80,6 +80,7 @@ BAD: dict[str, list[Any]] = {
     "callback": [5, "print", [print], Unprintable()],
     "scope": ["", "   ", "x" * 101, "nul\x00", "lone\ud800", 5, None, b"dm", ["dm"], Unprintable()],
     "scopes": ["dm", b"dm", 5, [""], [5], [None], ["x" * 101], Unprintable()],
+    "seconds": [-1, -0.5, True, "5", float("nan"), float("inf"), 10**5000, [1], Unprintable()],
 }
 
 
@@ -284,6 +285,7 @@ METHODS = [
     Method("import_user", {"data": EXPORT}, {"data": "document", "actor": "actor"}),
     Method("stats"),
     Method("health"),
+    Method("wait_ready", {}, {"timeout": "seconds"}, frozenset({"timeout"})),
     Method("start"),  # no parameters; a second start is refused as the lifecycle's business
     Method("close"),
 ]
