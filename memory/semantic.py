@@ -91,6 +91,7 @@ class SemanticMemory:
         self._index_dirty = False
         self._erasure_unsaved = False
         self._database_id = ""
+        self._report = StartupReport(data_dir=str(index_path.parent))
         self._last_index_save = time.monotonic()
         self.embedded = 0
         self.encoder_state = EncoderState.LOADING
@@ -115,6 +116,7 @@ class SemanticMemory:
         self._database_id = await self._store.database_id()
         await self._check_model(encoder, report)
         # Opened now, not after the model: a forget must find the vectors it erases.
+        self._report = report  # completed by the loader when the index has to wait for the model
         self._index = await self._open_index(encoder, report, None)
         pending = await self._store.unembedded()
         report.embeddings_pending = len(pending)
@@ -130,7 +132,7 @@ class SemanticMemory:
         try:
             await load_encoder(encoder)
             if self._index is None:
-                self._index = await self._open_index(encoder, StartupReport(data_dir=""), encoder.dim)
+                self._index = await self._open_index(encoder, self._report, encoder.dim)
         except Exception as exc:  # any load failure is reported in stats and health
             self.encoder_state = EncoderState.FAILED
             self.encoder_error = str(exc) or type(exc).__name__

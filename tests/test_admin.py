@@ -63,7 +63,7 @@ def test_users_lists_every_user_with_counts(cli: Cli) -> None:
     assert rows["alice"][1:6] == [
         "Alice",
         "3",
-        "6",
+        "2",  # three messages in one conversation: friendship rose once
         "4",
         "4",
     ]  # 3 exchanges + 1 fact; v4 after the preference

@@ -23,6 +23,7 @@ def test_a_database_rebuilt_from_the_snapshot_never_reuses_the_old_vectors(tmp_p
 
     async def reuse_ids() -> tuple[str, list[tuple[str, float | None]]]:
         async with MemorySystem(folder, settings=hashing_settings()) as ms:
+            assert await ms.wait_ready(60)  # the index opens with the model when none is stored
             report = ms.report
             texts = [f"zoe plays the oboe, entry {n}" for n in range(8)]
             for text in texts:
