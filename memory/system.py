@@ -653,11 +653,8 @@ class MemorySystem:
         if source is None:
             raise InvalidInputError("source_id", "must not be empty")
         actor = validation.actor(actor)
-        users = {memory.user_id for memory in await self._store.memories_by_source(source)}
-        if not self.settings.retrieval.store_exchanges:  # exchanges with no memory to find them by
-            users.update(
-                uid for uid, ctx in self._contexts.items() if any(e.source_id == source for e in ctx.recent)
-            )
+        # Without exchange memories, an exchange can only be found in the contexts.
+        users = await self._source_users(source, scan_contexts=not self.settings.retrieval.store_exchanges)
         forgotten: list[Memory] = []
         cancelled = changed = False
         for uid in sorted(users):
@@ -669,6 +666,15 @@ class MemorySystem:
         if users:
             await self._after_erasure(cancelled, snapshot=changed)
         return forgotten
+
+    async def _source_users(self, source: str, *, scan_contexts: bool) -> set[str]:
+        """The users with a memory made from ``source`` (and, scanning, a recent exchange)."""
+        users = {memory.user_id for memory in await self._store.memories_by_source(source)}
+        if scan_contexts:
+            users.update(
+                uid for uid, ctx in self._contexts.items() if any(e.source_id == source for e in ctx.recent)
+            )
+        return users
 
     async def forget_user(self, user_id: str | int, *, actor: str = "api") -> bool:
         """Remove everything of the user: context, history, memories, vectors, snapshot entry.
@@ -831,10 +837,7 @@ class MemorySystem:
             raise InvalidInputError("source_id", "must not be empty")
         message = validation.text("message", message, self.settings.limits.max_text_length, allow_empty=False)
         actor = validation.actor(actor)
-        users = {m.user_id for m in await self._store.memories_by_source(source)}
-        users.update(
-            uid for uid, ctx in self._contexts.items() if any(e.source_id == source for e in ctx.recent)
-        )
+        users = await self._source_users(source, scan_contexts=True)
         edited: list[Memory] = []
         cancelled = changed = False
         for uid in sorted(users):
