@@ -233,8 +233,13 @@ async def cmd_memories(args: argparse.Namespace, settings: Settings, data_dir: P
     return 0
 
 
+def _progress_line(text: str) -> None:
+    """Progress on stderr, so that stdout stays the command's answer (and --json parses)."""
+    print(f"{PROG}: {text}" if not text.startswith("ready") else text, end="", file=sys.stderr, flush=True)
+
+
 async def cmd_search(args: argparse.Namespace, settings: Settings, data_dir: Path) -> int:
-    async with Inspector(data_dir, settings) as view:
+    async with Inspector(data_dir, settings, progress=_progress_line) as view:
         results = await view.search(args.user, args.query, args.k, args.kind)
     if args.json:
         _json([r.to_dict() for r in results])

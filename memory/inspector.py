@@ -10,6 +10,7 @@ empty (``SqliteStore._open_readonly``), since no writer can be running there.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -123,9 +124,13 @@ class Check:
 class Inspector:
     """Read-only access to a data folder: ``async with Inspector(folder, settings) as view:``."""
 
-    def __init__(self, data_dir: Path, settings: Settings) -> None:
+    def __init__(
+        self, data_dir: Path, settings: Settings, *, progress: Callable[[str], None] | None = None
+    ) -> None:
+        """``progress`` gets a short text when the model starts loading and when it is ready."""
         self.data_dir = data_dir
         self.settings = settings
+        self._progress = progress
         self.db_path = data_dir / DB_NAME
         self.snapshot_path = data_dir / SNAPSHOT_NAME
         self.index_path = data_dir / INDEX_NAME
@@ -309,7 +314,12 @@ class Inspector:
         if not rows:  # nothing embedded yet: no need to load the model
             return PerUserIndex(1, "none"), np.zeros(1, dtype=np.float32)
         model = await self.stored_model()
+        started = time.perf_counter()
+        if self._progress is not None:
+            self._progress("loading the embedding model… ")
         encoder = await open_encoder(self.settings, model)
+        if self._progress is not None:
+            self._progress(f"ready in {time.perf_counter() - started:.1f} s\n")
         try:
             vector = (await encoder.encode([query]))[0]
         finally:

@@ -7,6 +7,7 @@ made under the real model's name; the process then reports which model libraries
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,4 @@ async def test_search_loads_the_model(folder: Path) -> None:
     assert status == 0, output
     assert "torch" in heavy and "sentence_transformers" in heavy
     assert "Lyon" in output
+    assert re.search(r"memory-admin: loading the embedding model… ready in \d+\.\d s", output), output
