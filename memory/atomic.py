@@ -6,12 +6,15 @@ it is), so ``remove_dead_temps`` clears those of writers that are gone when a fo
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp")
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -39,8 +42,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.replace(path)
         fsync_dir(path.parent)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        discard_temp(tmp)
+
+
+def discard_temp(tmp: Path) -> None:
+    """Remove what a write left at its temp path. A failure to remove it (say a folder stands
+    there) is logged, not raised: the write's own error is the one the caller needs."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the temp file %s (%s); remove it by hand", tmp, exc)
 
 
 def pid_alive(pid: int) -> bool:

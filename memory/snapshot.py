@@ -18,7 +18,7 @@ import aiofiles
 import aiofiles.os
 import orjson
 
-from memory.atomic import fsync_dir, temp_path
+from memory.atomic import discard_temp, fsync_dir, temp_path
 from memory.errors import SnapshotCorruptError, StorageError
 
 FORMAT = "memory-bot-contexts"
@@ -58,8 +58,7 @@ async def write_snapshot(path: Path, encoded_contexts: Sequence[bytes], count: i
     except OSError as exc:
         raise StorageError(f"could not write the snapshot {path}: {exc}", path) from exc
     finally:
-        if await aiofiles.os.path.exists(tmp):
-            await aiofiles.os.remove(tmp)
+        await aiofiles.os.wrap(discard_temp)(tmp)
     return written
 
 

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from memory import MemorySystem, SnapshotCorruptError, StorageError, UserContext
+from memory.atomic import temp_path
 from memory.autosave import AutoSaver
 from memory.recovery import SNAPSHOT_NAME
 from memory.snapshot import read_snapshot, write_snapshot
@@ -90,3 +91,14 @@ async def test_failed_save_is_logged_shown_in_stats_and_retried(
     assert any("auto-save failed" in r.getMessage() for r in caplog.records)
     with pytest.raises(StorageError, match="could not write the snapshot"):
         await saver.close()
+
+
+async def test_a_folder_at_the_temp_path_is_a_storage_error_not_a_raw_os_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "contexts.json"
+    temp_path(path).mkdir()  # the write cannot make its temp file, nor remove what stands there
+    with pytest.raises(StorageError, match="could not write the snapshot"):
+        await write_snapshot(path, [b'{"user_id": "a"}'], 1)
+    assert not path.exists()
+    assert any("could not remove the temp file" in r.getMessage() for r in caplog.records)
