@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,8 +19,9 @@ import pytest
 
 from memory import InvalidInputError, MemorySystem
 from memory.index import SCORE_ALL_LIMIT, PerUserIndex
-from memory.store import MIGRATIONS, SqliteStore
+from memory.store import SqliteStore
 from tests.test_erasure import folder_bytes
+from tests.test_store import make_v1_database
 
 GUILD, OTHER = "guild:1", "guild:2"
 
@@ -102,14 +102,7 @@ async def test_update_context_keeps_the_scope_on_the_exchange_and_its_memory(ms:
 
 def test_rows_from_before_scopes_become_private(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)")
-        MIGRATIONS[0](db)
-        db.execute("INSERT INTO schema_version VALUES (1, 'then')")
-        db.execute(
-            "INSERT INTO memories (id, user_id, text, kind, created_at)"
-            " VALUES (7, 'ana', 'said before scopes', 'note', '2025-01-01T00:00:00+00:00')"
-        )
+    make_v1_database(path, "ana", "said before scopes", "2025-01-01T00:00:00+00:00")
 
     async def read() -> list[str]:  # the migration runs on open
         store = SqliteStore(path)

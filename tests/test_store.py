@@ -13,16 +13,21 @@ from memory.sqlite_connection import sqlite3
 from memory.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate, owner_token
 
 
-def test_migrations_bring_an_old_database_forward(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+def make_v1_database(path: Path, user_id: str, text: str, created_at: str) -> None:
+    """A database at schema version 1 holding one note (id 7), as an old install left it."""
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)")
         MIGRATIONS[0](db)
         db.execute("INSERT INTO schema_version VALUES (1, 'then')")
         db.execute(
-            "INSERT INTO memories (id, user_id, text, kind, created_at)"
-            " VALUES (7, 'alice', 'kept words', 'note', 'x')"
+            "INSERT INTO memories (id, user_id, text, kind, created_at) VALUES (7, ?, ?, 'note', ?)",
+            (user_id, text, created_at),
         )
+
+
+def test_migrations_bring_an_old_database_forward(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    make_v1_database(path, "alice", "kept words", "x")
     with sqlite3.connect(path, isolation_level=None) as db:
         assert migrate(db, path) == list(range(2, SCHEMA_VERSION + 1))
         assert migrate(db, path) == []
