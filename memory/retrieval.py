@@ -46,9 +46,10 @@ from memory.ranker import (
 )
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
-from memory.store import SqliteStore
+from memory.storage.protocol import Store
 
 IndexRunner = Callable[..., Awaitable[Any]]
+
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
@@ -148,7 +149,7 @@ class Retriever:
     system, a plain call in the read-only inspector).
     """
 
-    def __init__(self, store: SqliteStore, settings: RetrievalSettings, run_index: IndexRunner) -> None:
+    def __init__(self, store: Store, settings: RetrievalSettings, run_index: IndexRunner) -> None:
         self._store = store
         self._cfg = settings
         self._run_index = run_index

@@ -36,7 +36,7 @@ from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.retrieval import Retriever
 from memory.settings import Settings
-from memory.store import SqliteStore, embedding_statement
+from memory.storage.protocol import Store, Unit
 from memory.supervisor import Supervisor, TaskName
 from memory.workers import SingleThreadWorker, wait_any
 
@@ -64,7 +64,7 @@ class SemanticMemory:
     def __init__(
         self,
         settings: Settings,
-        store: SqliteStore,
+        store: Store,
         index_path: Path,
         encoder: Encoder | None,
         supervisor: Supervisor | None = None,
@@ -186,7 +186,7 @@ class SemanticMemory:
             note = f"embedding model changed from {stored} to {encoder.name}: re-embedding every memory"
             report.notes.append(note)
             log.warning(note)
-        await self._store.commit(self._store.model_change_statements(encoder.name))
+        await self._store.set_embedding_model(encoder.name)
 
     async def _open_index(
         self, encoder: Encoder, report: StartupReport, dim: int | None
@@ -387,11 +387,20 @@ class SemanticMemory:
         async with self._index_lock:
             rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
             if rows:
-                await self._store.commit([embedding_statement(m.id, v.tobytes()) for m, v in rows])
+                await self._store_vectors(rows)
                 await self._faiss.run(self._add_rows, self._index, rows)
                 self._index_dirty = True
             self._live.difference_update(m.id for m in batch)
             self.embedded += len(rows)
+
+    async def _store_vectors(self, rows: list[tuple[Memory, Vectors]]) -> None:
+        """One unit per user (a unit names the owner of every id it writes), one commit."""
+        by_user: dict[str, list[tuple[int, bytes]]] = {}
+        for memory, vector in rows:
+            by_user.setdefault(memory.user_id, []).append((memory.id, vector.tobytes()))
+        await asyncio.gather(
+            *(self._store.submit(Unit(uid, embeddings=tuple(pairs))) for uid, pairs in by_user.items())
+        )
 
     @staticmethod
     def _add_rows(index: PerUserIndex, rows: list[tuple[Memory, Vectors]]) -> None:
