@@ -21,7 +21,15 @@ import aiofiles.os
 from memory import validation
 from memory.autosave import AutoSaver
 from memory.changes import ChangeRunner, ContextCache, Draft, wait_for_commit
-from memory.context import MAX_FRIENDSHIP, PRIVATE_SCOPE, Exchange, FrozenMap, UserContext, freeze_json
+from memory.context import (
+    MAX_FRIENDSHIP,
+    PRIVATE_SCOPE,
+    Exchange,
+    FrozenMap,
+    UserContext,
+    freeze_json,
+    stored_context,
+)
 from memory.control import ControlServer
 from memory.erasure import (
     ErasureTarget,
@@ -33,6 +41,7 @@ from memory.erasure import (
 )
 from memory.errors import (
     BackgroundTaskError,
+    ConfigError,
     InvalidInputError,
     MemoryNotFoundError,
     StorageError,
@@ -55,7 +64,7 @@ from memory.recovery import (
 from memory.retrieval import lexical_document
 from memory.semantic import SemanticMemory
 from memory.settings import Settings, load_settings
-from memory.storage.protocol import MemoryEdit
+from memory.storage.protocol import MemoryEdit, Store
 from memory.storage.sqlite import SqliteStore
 from memory.supervisor import Faults, Supervisor, SystemState, TaskName
 from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
@@ -110,6 +119,7 @@ class MemorySystem:
         self._supervisor = Supervisor(faults, on_death=self._task_died)
         self._locks = UserLocks()
         self._saver: AutoSaver | None = None
+        self._store: Store
         self.settings = settings or Settings()
         self.report: StartupReport | None = None
 
@@ -158,12 +168,14 @@ class MemorySystem:
             await aiofiles.os.makedirs(data_dir, exist_ok=True)
         except OSError as exc:
             raise _data_dir_error(data_dir, exc) from exc
+        storage = self.settings.storage
+        if storage.backend == "postgres":
+            return await self._start_shared(data_dir)
         if self._take_ownership:
             self._ownership = FolderOwnership(data_dir)
             self._ownership.acquire()
         else:
             log.warning("opening %s without taking ownership: another process may be writing", data_dir)
-        storage = self.settings.storage
         self._store = SqliteStore(
             data_dir / DB_NAME,
             synchronous=storage.synchronous,
@@ -180,6 +192,44 @@ class MemorySystem:
         self._saver = AutoSaver(snapshot, storage.save_interval, self._snapshot_source, self._supervisor)
         if check_snapshot(snapshot, report):
             self._saver.mark_dirty()
+        await self._start_semantic(data_dir, report)
+        self._saver.start()
+        self._running()
+        if self._take_ownership:
+            self._control = ControlServer(self, data_dir)
+            await self._control.start()
+        return self._started(report)
+
+    async def _start_shared(self, data_dir: Path) -> StartupReport:
+        """PostgreSQL: no folder lock, no snapshot, no control socket; the database arbitrates
+        between processes (version checks), and its notifications keep this cache coherent."""
+        from memory.storage.postgres import PostgresStore  # asyncpg only for this backend
+
+        storage = self.settings.storage
+        if not storage.postgres_url:
+            raise ConfigError(
+                "storage.backend is postgres but storage.postgres_url is empty: start one with "
+                "`make postgres` and set MEMORY_BOT_STORAGE_POSTGRES_URL to the URL it prints"
+            )
+        store = PostgresStore(storage.postgres_url, max_batch=storage.max_batch, supervisor=self._supervisor)
+        self._store = store
+        report = StartupReport(data_dir=store.location)
+        report.migrations_applied = await store.open()
+        self._cache = ContextCache(store)
+        where = Path(store.location)
+        self._cache.load(
+            [
+                (stored_context(data, where, f"the context of user {uid!r}"), data)
+                for uid, data in await store.load_contexts()
+            ]
+        )
+        store.listen(self._cache.mark_stale)
+        report.users = len(self._cache.contexts)
+        await self._start_semantic(data_dir, report)
+        self._running()
+        return self._started(report)
+
+    async def _start_semantic(self, data_dir: Path, report: StartupReport) -> None:
         self._semantic = SemanticMemory(
             self.settings, self._store, data_dir / INDEX_NAME, self._encoder, self._supervisor
         )
@@ -187,14 +237,14 @@ class MemorySystem:
             self._store, self._cache, self.settings.retrieval.session_gap_minutes, self._semantic.committed
         )
         await self._semantic.start(report)
-        self._saver.start()
+
+    def _running(self) -> None:
         death = self._supervisor.first_death()
         if death is not None:
             raise death
         self._state = SystemState.RUNNING
-        if self._take_ownership:
-            self._control = ControlServer(self, data_dir)
-            await self._control.start()
+
+    def _started(self, report: StartupReport) -> StartupReport:
         self.report = report
         log.info("memory system started: %s", report.to_dict())
         return report
