@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from memory.errors import LocalClusterError, StorageError
-from memory.pgcluster import DEFAULT_SERVER_USER, SERVER_USER_ENV, LocalCluster
+from memory.pgcluster import DEFAULT_SERVER_USER, SERVER_USER_ENV, LocalCluster, main
 from tests.postgres_fixtures import reachable_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,3 +204,18 @@ def test_folder_out_of_the_server_users_reach_is_named(tmp_path: Path) -> None:
 def test_start_before_init_says_what_to_run(spare_folder: Path) -> None:
     with pytest.raises(LocalClusterError, match=r"no PostgreSQL cluster in .*run init\(\) first"):
         LocalCluster(spare_folder).start()
+
+
+def test_cli_help_describes_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("start", "stop", "url", "bindir"):
+        with pytest.raises(SystemExit) as exited:
+            main([command, "--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: python -m memory.pgcluster {command}" in out
+        assert "Example: " in out
+
+
+def test_cli_bindir_prints_where_pg_dump_is(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bindir"]) == 0
+    assert (Path(capsys.readouterr().out.strip()) / "pg_dump").is_file()
