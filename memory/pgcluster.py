@@ -78,8 +78,11 @@ class ServerUser:
 def server_user(name: str | None = None) -> ServerUser:
     """The caller when not root; otherwise ``name``, ``$MEMORY_PGCLUSTER_USER`` or ``nobody``."""
     if os.geteuid() != 0:
-        me = pwd.getpwuid(os.geteuid())
-        return ServerUser(me.pw_name, me.pw_uid, me.pw_gid, switch=False)
+        try:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # an id without a passwd entry, as some containers run
+            me = str(os.geteuid())
+        return ServerUser(me, os.geteuid(), os.getegid(), switch=False)
     wanted = name or os.environ.get(SERVER_USER_ENV) or DEFAULT_SERVER_USER
     try:
         entry = pwd.getpwnam(wanted)

@@ -57,14 +57,16 @@ async def test_server_runs_as_the_folder_owner_and_never_as_root(postgres_cluste
     conn = await asyncpg.connect(postgres_cluster.url())
     try:
         data_directory = await conn.fetchval("SELECT current_setting('data_directory')")
-        backend_pid = await conn.fetchval("SELECT pg_backend_pid()")
+        # read while connected: the backend process ends with the connection
+        backend_uid = proc_uid(await conn.fetchval("SELECT pg_backend_pid()"))
         listen = await conn.fetchval("SELECT current_setting('listen_addresses')")
         fsync = await conn.fetchval("SELECT current_setting('fsync')")
     finally:
         await conn.close()
     assert Path(data_directory) == postgres_cluster.data_dir
-    server_uid = proc_uid(backend_pid)
-    assert server_uid == Path(data_directory).stat().st_uid
+    postmaster_pid = int((postgres_cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    server_uid = proc_uid(postmaster_pid)
+    assert backend_uid == server_uid == Path(data_directory).stat().st_uid
     assert server_uid != 0
     if os.geteuid() == 0:
         name = os.environ.get(SERVER_USER_ENV) or DEFAULT_SERVER_USER
