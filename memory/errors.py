@@ -134,3 +134,9 @@ class RemoteError(MemoryBotError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class LocalClusterError(StorageError):
+    """The local PostgreSQL cluster (``memory.pgcluster``) could not be set up, started or stopped:
+    the wheel is missing, a folder is out of the server user's reach, or the server failed (the
+    message carries the tail of its log)."""

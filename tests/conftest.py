@@ -12,8 +12,8 @@ import pytest
 
 from memory import HashingEncoder, MemorySystem, Settings, load_settings
 
-# The admin CLI's fixtures (folder, config, cli) live beside its helpers.
-pytest_plugins = ["tests.admin_fixtures"]
+# The admin CLI's fixtures (folder, config, cli) live beside its helpers; PostgreSQL's in theirs.
+pytest_plugins = ["tests.admin_fixtures", "tests.postgres_fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
