@@ -136,8 +136,9 @@ class PostgresStore:
     def location(self) -> str:
         return mask_url(self._url)
 
-    async def connect(self, purpose: str) -> asyncpg.Connection:
-        """A connection of its own (the writer's, the listener's), with the vector codec."""
+    async def connect(self, purpose: str, *, vectors: bool = True) -> asyncpg.Connection:
+        """A connection of its own (the writer's, the listener's), with the vector codec
+        (not before the migration has made sure the extension exists)."""
         try:
             conn = await asyncpg.connect(
                 self._url,
@@ -147,7 +148,8 @@ class PostgresStore:
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise connection_error(self._url, exc) from None
         try:
-            await register_vector(conn)
+            if vectors:
+                await register_vector(conn)
         except BaseException:
             conn.terminate()
             raise
@@ -159,7 +161,7 @@ class PostgresStore:
 
     async def open(self, *, integrity_check: bool = True) -> list[int]:
         """Connect, migrate (unless read-only) and start the writer; the migrations applied."""
-        conn = await self.connect("migrate")
+        conn = await self.connect("migrate", vectors=False)
         try:
             if self._readonly:
                 applied: list[int] = []
