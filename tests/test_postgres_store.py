@@ -53,10 +53,18 @@ def write(ctx: UserContext, change: dict[str, object] | None = None, at: datetim
     return ContextWrite(ctx, ctx.to_json().decode(), at, "test", change or {"count": ctx.conversations_count})
 
 
-def memory(mid: int, uid: str, text: str, **fields: object) -> Memory:
-    values: dict[str, object] = {"kind": "fact", "created_at": T0, "metadata": FrozenMap({}), **fields}
-    return Memory(mid, uid, text, values["kind"], values["created_at"], values["metadata"],  # type: ignore[arg-type]
-                  values.get("source_id"), values.get("scope", "dm"))  # type: ignore[arg-type]
+def memory(
+    mid: int,
+    uid: str,
+    text: str,
+    *,
+    kind: str = "fact",
+    created_at: datetime = T0,
+    metadata: FrozenMap | None = None,
+    source_id: str | None = None,
+    scope: str = "dm",
+) -> Memory:
+    return Memory(mid, uid, text, kind, created_at, metadata or FrozenMap({}), source_id, scope)
 
 
 def new(m: Memory, context_words: str = "", prev: int | None = None) -> NewMemory:
@@ -90,7 +98,11 @@ async def test_every_unit_field_round_trips(store: PostgresStore) -> None:
     assert await store.stored_version("ann") == 1
     [entry] = await store.history("ann")
     assert (entry.version, entry.at, entry.actor, dict(entry.change), entry.context) == (
-        1, T0, "test", {"display_name": "Ann"}, ctx,
+        1,
+        T0,
+        "test",
+        {"display_name": "Ann"},
+        ctx,
     )
     assert await store.history_entry("ann", 1) == entry
     assert await store.memories("ann") == [first, second]
@@ -110,7 +122,9 @@ async def test_every_unit_field_round_trips(store: PostgresStore) -> None:
     ctx2 = context("ann", 2, 2, "Ann")
     edited = memory(ids[1], "ann", "the tea was hot", created_at=second.created_at)
     unit2 = Unit(
-        "ann", 1, write(ctx2, at=later),
+        "ann",
+        1,
+        write(ctx2, at=later),
         forget_ids=(ids[0],),
         edits=(MemoryEdit(edited, edited.text),),
         redactions=((1, '{"redacted": true}'),),
@@ -143,7 +157,12 @@ async def test_a_conflict_writes_nothing(store: PostgresStore) -> None:
     assert await store.submit(stale) == Conflict(1)
     assert await store.memories("ann") == []
     assert await store.version_count("ann") == 1
-    assert UserContext.from_dict(__import__("orjson").loads(await store.context_data("ann") or b"")).conversations_count == 1
+    assert (
+        UserContext.from_dict(
+            __import__("orjson").loads(await store.context_data("ann") or b"")
+        ).conversations_count
+        == 1
+    )
     assert await store.submit(Unit("bob", 3, forget_user=True)) == Conflict(0)
     assert await store.load_contexts() == [("ann", context("ann", 1, 1).to_json())]
     assert store.stats()["conflicts"] == 2
@@ -164,7 +183,11 @@ async def test_units_of_one_user_in_one_batch_apply_in_queue_order(store: Postgr
 async def test_memory_ids_are_never_handed_out_twice(postgres_url: str) -> None:
     a, b = await opened(postgres_url), await opened(postgres_url)
     try:
-        got = [*await a.reserve_memory_ids(5), *await b.reserve_memory_ids(2500), *await a.reserve_memory_ids(1200)]
+        got = [
+            *await a.reserve_memory_ids(5),
+            *await b.reserve_memory_ids(2500),
+            *await a.reserve_memory_ids(1200),
+        ]
         assert len(got) == len(set(got)) == 3705
     finally:
         await a.close()
@@ -187,7 +210,11 @@ async def test_two_stores_twenty_submitters_each_count_exactly(postgres_url: str
                 while True:  # the system's reload-and-retry loop
                     version = (await s.context_versions([uid])).get(uid, 0)
                     data = await s.context_data(uid)
-                    count = UserContext.from_dict(__import__("orjson").loads(data)).conversations_count if data else 0
+                    count = (
+                        UserContext.from_dict(__import__("orjson").loads(data)).conversations_count
+                        if data
+                        else 0
+                    )
                     outcome = await s.submit(Unit(uid, version, write(context(uid, version + 1, count + 1))))
                     if outcome == COMMITTED:
                         break
@@ -251,7 +278,9 @@ class SqliteReference:
     def __init__(self) -> None:
         self.db = sqlite3.connect(":memory:", isolation_level=None)  # FTS5 writes its totals at commit
         self.db.execute("CREATE TABLE memories (id INTEGER PRIMARY KEY, user_id TEXT, kind TEXT, scope TEXT)")
-        self.db.execute("CREATE VIRTUAL TABLE memories_fts USING fts5(body, context, tokenize = 'porter ascii')")
+        self.db.execute(
+            "CREATE VIRTUAL TABLE memories_fts USING fts5(body, context, tokenize = 'porter ascii')"
+        )
 
     def add(self, mid: int, uid: str, body: str, context_words: str, scope: str, kind: str) -> None:
         self.db.execute("INSERT INTO memories VALUES (?, ?, ?, ?)", (mid, uid, kind, scope))
@@ -265,10 +294,16 @@ class SqliteReference:
         self.db.execute("DELETE FROM memories WHERE id = ?", (mid,))
 
     def set_context(self, mid: int, uid: str, context_words: str) -> None:
-        self.db.execute("UPDATE memories_fts SET context = ? WHERE rowid = ?", (user_terms(uid, context_words), mid))
+        self.db.execute(
+            "UPDATE memories_fts SET context = ? WHERE rowid = ?", (user_terms(uid, context_words), mid)
+        )
 
     def search(
-        self, uid: str, terms: Sequence[str], kinds: Sequence[str] | None, scopes: Sequence[str] | None,
+        self,
+        uid: str,
+        terms: Sequence[str],
+        kinds: Sequence[str] | None,
+        scopes: Sequence[str] | None,
         weight: float,
     ) -> list[tuple[int, float]]:
         user_rows = self.db.execute("SELECT count(*) FROM memories WHERE user_id = ?", (uid,)).fetchone()[0]
@@ -281,7 +316,9 @@ class SqliteReference:
                 " JOIN memories m ON m.id = memories_fts.rowid AND m.user_id = ? WHERE memories_fts MATCH ?",
                 (weight, uid, '"' + term + '"'),
             ).fetchall()
-            per_term.append([(mid, -score) for mid, score, _, scope in rows if scopes is None or scope in scopes])
+            per_term.append(
+                [(mid, -score) for mid, score, _, scope in rows if scopes is None or scope in scopes]
+            )
             kind_of.update({mid: kind for mid, _, kind, _ in rows})
         scores = user_bm25(per_term, read_varint(block), user_rows)
         if kinds is not None:
@@ -315,13 +352,22 @@ async def test_lexical_search_ranks_exactly_as_sqlite(store: PostgresStore) -> N
     assert await compare() > 30
     # Forgetting a memory empties its next turn's context, and moves the table's totals.
     a1, a2 = ids["ann"][0], ids["ann"][1]
-    link = Unit("ann", None, edits=(MemoryEdit(memory(a2, "ann", CORPUS["ann"][1][0]), CORPUS["ann"][1][0],
-                                                ((ids["ann"][3], "tea tea tea"),)),))
+    link = Unit(
+        "ann",
+        None,
+        edits=(
+            MemoryEdit(
+                memory(a2, "ann", CORPUS["ann"][1][0]), CORPUS["ann"][1][0], ((ids["ann"][3], "tea tea tea"),)
+            ),
+        ),
+    )
     assert await store.submit(link) == COMMITTED
     reference.set_context(ids["ann"][3], "ann", "tea tea tea")
     await store.submit(Unit("ann", None, memories=(new(memory(a2 + 100_000, "ann", "x"), "", a1),)))
     reference.add(a2 + 100_000, "ann", "x", "", "dm", "fact")
-    assert await store.submit(Unit("ann", None, forget_ids=(a1, ids["bob"][2]))) == COMMITTED  # bob's: not ann's
+    assert (
+        await store.submit(Unit("ann", None, forget_ids=(a1, ids["bob"][2]))) == COMMITTED
+    )  # bob's: not ann's
     reference.forget(a1)
     assert await store.submit(Unit("bob", 0, forget_user=True)) == COMMITTED
     for mid in ids["bob"]:
@@ -427,19 +473,22 @@ async def test_claimed_rows_are_claimed_again_after_the_lease(postgres_url: str)
         rows = tuple(new(memory(mid, "ann", f"note {mid}")) for mid in ids)
         await a.submit(Unit("ann", None, memories=rows))
         claimed_at = asyncio.get_running_loop().time()
-        assert [m.id for m in await a.unembedded()] == ids  # a claims them, then "crashes"
-        assert await b.unembedded() == []  # leased to a
+        assert await b.unembedded() == []  # leased to a, which wrote them
+        assert [m.id for m in await a.unembedded()] == ids  # a's own; a embeds one, then "crashes"
         await a.submit(Unit("ann", None, embeddings=((ids[0], vector(1, 0, 0, 0)),)))
+        assert await b.unembedded() == []
         # After the lease, b claims what a left unembedded (never the embedded one).
         while not (got := await b.unembedded()):
             assert asyncio.get_running_loop().time() - claimed_at < lease + 10
             await asyncio.sleep(0.1)
         assert asyncio.get_running_loop().time() - claimed_at >= lease * 0.9
         assert [m.id for m in got] == ids[1:]
-        # An edit drops the vector and the lease: the row is waiting again, at once.
+        assert await a.unembedded() == []  # b's now
+        # An edit drops the vector: the row waits again, leased to the editor.
         edited = memory(ids[0], "ann", "changed")
-        await a.submit(Unit("ann", None, edits=(MemoryEdit(edited, edited.text),)))
-        assert [m.id for m in await a.unembedded()] == [ids[0]]
+        await b.submit(Unit("ann", None, edits=(MemoryEdit(edited, edited.text),)))
+        assert await a.unembedded() == []
+        assert [m.id for m in await b.unembedded()] == ids
     finally:
         await a.close()
         await b.close()
@@ -447,17 +496,26 @@ async def test_claimed_rows_are_claimed_again_after_the_lease(postgres_url: str)
 
 async def test_dense_search_is_an_exact_scan_of_the_users_rows(store: PostgresStore) -> None:
     ids = await store.reserve_memory_ids(5)
-    vecs = [vector(1, 0, 0, 0), vector(1, 1, 0, 0), vector(0, 1, 0, 0), vector(0, 0, 1, 0), vector(1, 0, 0, 0.1)]
+    vecs = [
+        vector(1, 0, 0, 0),
+        vector(1, 1, 0, 0),
+        vector(0, 1, 0, 0),
+        vector(0, 0, 1, 0),
+        vector(1, 0, 0, 0.1),
+    ]
     owners = ["ann", "ann", "ann", "ann", "bob"]
     scopes = ["dm", "guild:1", "dm", "dm", "dm"]
     for mid, uid, scope in zip(ids, owners, scopes, strict=True):
         await store.submit(Unit(uid, None, memories=(new(memory(mid, uid, "m", scope=scope)),)))
-    for mid, uid, vec in list(zip(ids, owners, vecs, strict=True))[:3] + [(ids[4], "bob", vecs[4])]:
+    for mid, uid, vec in [*list(zip(ids, owners, vecs, strict=True))[:3], (ids[4], "bob", vecs[4])]:
         await store.submit(Unit(uid, None, embeddings=((mid, vec),)))
     query = vector(1, 0.2, 0, 0)
     q = np.frombuffer(query, np.float32)
     expected = sorted(
-        ((mid, float(np.dot(q, np.frombuffer(v, np.float32)))) for mid, v in zip(ids[:3], vecs[:3], strict=True)),
+        (
+            (mid, float(np.dot(q, np.frombuffer(v, np.float32))))
+            for mid, v in zip(ids[:3], vecs[:3], strict=True)
+        ),
         key=lambda item: -item[1],
     )
     got = await store.dense_search("ann", query, 10)
@@ -493,10 +551,15 @@ def test_the_location_never_shows_the_password() -> None:
     masked = mask_url(url)
     assert masked == "postgresql://bot:***@db.example:5432/memory?sslmode=require&password=***"
     assert PostgresStore(url).location == masked
-    assert mask_url("postgresql://postgres@/db?host=/tmp/s&port=5432") == "postgresql://postgres@/db?host=/tmp/s&port=5432"
+    assert (
+        mask_url("postgresql://postgres@/db?host=/tmp/s&port=5432")
+        == "postgresql://postgres@/db?host=/tmp/s&port=5432"
+    )
 
 
-async def test_a_server_that_is_not_there_says_what_to_do(tmp_path: object, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_server_that_is_not_there_says_what_to_do(
+    tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
     url = "postgresql://bot:hunter2@/memory?host=/nonexistent-socket-dir&port=5999"
     s = PostgresStore(url)
     with pytest.raises(StorageError) as caught:

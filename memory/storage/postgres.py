@@ -183,8 +183,13 @@ class PostgresStore:
             raise connection_error(self._url, exc) from None
         if not self._readonly:
             self._writer = PostgresWriter(
-                lambda: self.connect("writer"), self.location, self.token, self._shard,
-                self._max_batch, self._supervisor,
+                lambda: self.connect("writer"),
+                self.location,
+                self.token,
+                self._shard,
+                self._max_batch,
+                self._supervisor,
+                self._claim_lease,
             )
             self._writer.start()
         return applied
@@ -236,9 +241,7 @@ class PostgresStore:
             have = sum(len(r) for r in self._ids)
             if have < count:
                 blocks = -(-(count - have) // ID_BLOCK)
-                rows = await self._fetch(
-                    "SELECT nextval('memory_ids') FROM generate_series(1, $1)", blocks
-                )
+                rows = await self._fetch("SELECT nextval('memory_ids') FROM generate_series(1, $1)", blocks)
                 self._ids += [range(r[0], r[0] + ID_BLOCK) for r in rows]
             out: list[int] = []
             while len(out) < count:
@@ -261,7 +264,8 @@ class PostgresStore:
         pool = self._require_pool()
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE memories SET embedding = NULL, claimed_until = NULL WHERE embedding IS NOT NULL"
+                "UPDATE memories SET embedding = NULL, claimed_by = NULL, claimed_until = NULL"
+                " WHERE embedding IS NOT NULL"
                 " AND EXISTS (SELECT 1 FROM meta WHERE key = 'embedding_model' AND value <> $1)",
                 model,
             )
@@ -408,7 +412,9 @@ class PostgresStore:
     async def memories_by_id(self, ids: Sequence[int]) -> dict[int, Memory]:
         if not ids:
             return {}
-        rows = await self._fetch(f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id = ANY($1::bigint[])", list(ids))
+        rows = await self._fetch(
+            f"SELECT {MEMORY_COLUMNS} FROM memories WHERE id = ANY($1::bigint[])", list(ids)
+        )
         return {m.id: m for m in self._memories(rows)}
 
     async def memories_by_source(self, source_id: str) -> list[Memory]:
@@ -441,7 +447,8 @@ class PostgresStore:
 
     async def scoped_ids(self, user_id: str, scopes: Iterable[str]) -> list[int]:
         rows = await self._fetch(
-            'SELECT id FROM memories WHERE user_id = $1 AND scope = ANY($2::text[]) ORDER BY scope COLLATE "C", id',
+            "SELECT id FROM memories WHERE user_id = $1 AND scope = ANY($2::text[])"
+            ' ORDER BY scope COLLATE "C", id',
             user_id,
             sorted(scopes),
         )
@@ -521,16 +528,18 @@ class PostgresStore:
 
     async def unembedded(self) -> list[Memory]:
         """Claims the rows waiting for a vector for ``claim_lease`` seconds, in a statement of
-        its own (no lock held while Python embeds): rows another process claimed are skipped,
-        and a crashed process's rows are claimed again once its lease runs out."""
+        its own (no lock is held while Python embeds): rows leased to another process (it wrote
+        them, or claimed them) are skipped, and a crashed process's rows are claimed again once
+        its lease runs out. Rows leased to this process come back too."""
         rows = await self._fetch(
             "WITH c AS (SELECT id FROM memories WHERE embedding IS NULL"
-            " AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY id LIMIT $1"
-            " FOR UPDATE SKIP LOCKED)"
-            " UPDATE memories m SET claimed_until = now() + make_interval(secs => $2)"
+            " AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = $3)"
+            " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            " UPDATE memories m SET claimed_by = $3, claimed_until = now() + make_interval(secs => $2)"
             f" FROM c WHERE m.id = c.id RETURNING {_qualified('m')}",
             self._claim_limit,
             self._claim_lease,
+            self.token,
         )
         return sorted(self._memories(rows), key=lambda m: m.id)
 
@@ -560,9 +569,7 @@ class PostgresStore:
         """An exact scan of the user's rows (btree (user_id, id)). The vectors are L2-normalised,
         so the inner product (pgvector's ``<#>`` is its negative) is the cosine similarity,
         as FAISS scores it for SQLite."""
-        sql = (
-            "SELECT id, -(embedding <#> $2) FROM memories WHERE user_id = $1 AND embedding IS NOT NULL"
-        )
+        sql = "SELECT id, -(embedding <#> $2) FROM memories WHERE user_id = $1 AND embedding IS NOT NULL"
         args: list[Any] = [user_id, vector]
         if scopes is not None:
             sql += " AND scope = ANY($4::text[])"

@@ -11,8 +11,8 @@ or SQLite's way does not carry over:
   own posting lists), ``doc_len`` what BM25 calls the document's length.
 - ``lexical_totals`` holds the table's row and token counts (BM25's average length, FTS5 keeps the
   same in its averages record), spread over a few rows so that processes do not queue on one.
-- ``claimed_until``: the embedder's lease on a row (``unembedded``), so a crashed process's rows are
-  claimed again once it runs out.
+- ``claimed_by`` / ``claimed_until``: which process's embedder a row is leased to (its writer, or
+  who claimed it in ``unembedded``), so a crashed process's rows are claimed again once it runs out.
 - Ids come from the sequence ``memory_ids`` in blocks of ``ID_BLOCK`` (``reserve_memory_ids``).
 """
 
@@ -64,6 +64,7 @@ def _v1_core(dim: int) -> list[str]:
             session_prev bigint,
             scope text NOT NULL DEFAULT '{PRIVATE_SCOPE}',
             embedding vector({dim}),
+            claimed_by text,
             claimed_until timestamptz,
             body_terms text[] NOT NULL,
             context_terms text[] NOT NULL,
@@ -110,7 +111,8 @@ async def migrate(conn: asyncpg.Connection, location: str, dim: int) -> list[int
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL, applied_at timestamptz NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS schema_version"
+            " (version integer NOT NULL, applied_at timestamptz NOT NULL)"
         )
         current = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
         if current > SCHEMA_VERSION:

@@ -47,7 +47,7 @@ UNLINK_FOLLOWING = (
 )
 EDIT_MEMORIES = (
     "WITH u AS (UPDATE memories m SET text = e.text, body_terms = string_to_array(e.body, ' '),"
-    " embedding = NULL, claimed_until = NULL"
+    " embedding = NULL, claimed_by = $5, claimed_until = now() + make_interval(secs => $6)"
     " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[]) e(id, uid, text, body)"
     " WHERE m.id = e.id AND m.user_id = e.uid RETURNING new.doc_len - old.doc_len AS delta)"
     " SELECT coalesce(sum(delta), 0) FROM u"
@@ -73,16 +73,19 @@ INSERT_HISTORY = (
     " SELECT * FROM unnest($1::text[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])"
 )
 INSERT_MEMORIES = (
+    # New rows are leased to the process that wrote them: it embeds them from its own queue.
     "WITH i AS (INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id,"
-    " session_prev, scope, body_terms, context_terms)"
+    " session_prev, scope, body_terms, context_terms, claimed_by, claimed_until)"
     " SELECT id, uid, text, kind, meta, at, src, prev, scope, string_to_array(body, ' '),"
-    " string_to_array(ctx, ' ') FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
+    " string_to_array(ctx, ' '), $12, now() + make_interval(secs => $13)"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],"
     " $5::text[], $6::timestamptz[], $7::text[], $8::bigint[], $9::text[], $10::text[], $11::text[])"
     " n(id, uid, text, kind, meta, at, src, prev, scope, body, ctx) RETURNING doc_len)"
     " SELECT count(*), coalesce(sum(doc_len), 0) FROM i"
 )
 COMPACT_HISTORY = (
-    "DELETE FROM context_history h USING unnest($1::text[], $2::timestamptz[], $3::bigint[]) c(uid, cutoff, keep)"
+    "DELETE FROM context_history h"
+    " USING unnest($1::text[], $2::timestamptz[], $3::bigint[]) c(uid, cutoff, keep)"
     " WHERE h.user_id = c.uid AND h.at < c.cutoff AND h.version <> c.keep"
 )
 INSERT_ERASURES = (
@@ -90,14 +93,24 @@ INSERT_ERASURES = (
     " SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::integer[])"
 )
 SET_EMBEDDINGS = (
-    "UPDATE memories m SET embedding = e.v, claimed_until = NULL"
+    "UPDATE memories m SET embedding = e.v, claimed_by = NULL, claimed_until = NULL"
     " FROM unnest($1::bigint[], $2::text[], $3::vector[]) e(id, uid, v)"
     " WHERE m.id = e.id AND m.user_id = e.uid"
 )
 ADD_TOTALS = (
     "INSERT INTO lexical_totals (shard, rows, tokens) VALUES ($1, $2, $3) ON CONFLICT (shard)"
-    " DO UPDATE SET rows = lexical_totals.rows + excluded.rows, tokens = lexical_totals.tokens + excluded.tokens"
+    " DO UPDATE SET rows = lexical_totals.rows + excluded.rows,"
+    " tokens = lexical_totals.tokens + excluded.tokens"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who writes (the process token) and for how long its new and edited rows are its own to
+    embed (``PostgresStore.unembedded``)."""
+
+    owner: str
+    seconds: float
 
 
 @dataclass
@@ -128,39 +141,63 @@ def _terms(user_id: str, text: str) -> str:
     return " ".join(document_terms(user_id, text))
 
 
-async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: Totals) -> None:
-    """Everything ``units`` (at most one per user, all checked already) write, set-based."""
-    forget_users = [u.user_id for u in units if u.forget_user]
-    forget, edits, following, redactions = _Columns(), _Columns(), _Columns(), _Columns()
-    contexts, history, memories = _Columns(), _Columns(), _Columns()
-    compact, erasures, vectors = _Columns(), _Columns(), _Columns()
+@dataclass
+class _Round:
+    """The arrays of one round, one ``_Columns`` per statement."""
+
+    forget_users: list[str] = field(default_factory=list)
+    forget: _Columns = field(default_factory=_Columns)
+    edits: _Columns = field(default_factory=_Columns)
+    following: _Columns = field(default_factory=_Columns)
+    redactions: _Columns = field(default_factory=_Columns)
+    contexts: _Columns = field(default_factory=_Columns)
+    history: _Columns = field(default_factory=_Columns)
+    memories: _Columns = field(default_factory=_Columns)
+    compact: _Columns = field(default_factory=_Columns)
+    erasures: _Columns = field(default_factory=_Columns)
+    vectors: _Columns = field(default_factory=_Columns)
+
+
+def _round(units: Sequence[Unit]) -> _Round:
+    r = _Round(forget_users=[u.user_id for u in units if u.forget_user])
     for u in units:
         uid = u.user_id
         for mid in u.forget_ids:
-            forget.add(mid, uid)
+            r.forget.add(mid, uid)
         for edit in u.edits:
-            edits.add(edit.memory.id, uid, edit.memory.text, _terms(uid, edit.body))
+            r.edits.add(edit.memory.id, uid, edit.memory.text, _terms(uid, edit.body))
             for mid, context in edit.following:
-                following.add(mid, uid, _terms(uid, context))
+                r.following.add(mid, uid, _terms(uid, context))
         for version, state in u.redactions:
-            redactions.add(uid, version, state)
+            r.redactions.add(uid, version, state)
         if (w := u.write) is not None:
-            contexts.add(uid, w.context.version, w.encoded)
-            history.add(uid, w.context.version, w.at, w.actor, orjson.dumps(dict(w.change)).decode(), w.encoded)
+            change = orjson.dumps(dict(w.change)).decode()
+            r.contexts.add(uid, w.context.version, w.encoded)
+            r.history.add(uid, w.context.version, w.at, w.actor, change, w.encoded)
         for new in u.memories:
             m = new.memory
-            memories.add(
-                m.id, m.user_id, m.text, m.kind, orjson.dumps(m.metadata, default=dict).decode(),
-                m.created_at, m.source_id, new.session_prev, m.scope,
-                _terms(uid, new.body), _terms(uid, new.context),
-            )
+            meta = orjson.dumps(m.metadata, default=dict).decode()
+            body, context = _terms(uid, new.body), _terms(uid, new.context)
+            r.memories.add(
+                m.id, m.user_id, m.text, m.kind, meta, m.created_at, m.source_id, new.session_prev,
+                m.scope, body, context,
+            )  # fmt: skip
         if u.compact_before is not None:
             keep = u.write.context.version if u.write is not None else u.expected_version or 0
-            compact.add(uid, u.compact_before, keep)
+            r.compact.add(uid, u.compact_before, keep)
         if (e := u.erasure) is not None:
-            erasures.add(uid, e.at, e.actor, e.request, e.rows)
+            r.erasures.add(uid, e.at, e.actor, e.request, e.rows)
         for mid, vector in u.embeddings:
-            vectors.add(mid, uid, vector)
+            r.vectors.add(mid, uid, vector)
+    return r
+
+
+async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: Totals, lease: Lease) -> None:
+    """Everything ``units`` (at most one per user, all checked already) write, set-based."""
+    r = _round(units)
+    forget_users, forget, edits, following = r.forget_users, r.forget, r.edits, r.following
+    redactions, contexts, history, memories = r.redactions, r.contexts, r.history, r.memories
+    compact, erasures, vectors = r.compact, r.erasures, r.vectors
     if forget_users:
         rows, tokens = await conn.fetchrow(FORGET_USERS_MEMORIES, forget_users)
         totals.rows -= rows
@@ -174,7 +211,7 @@ async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: T
         if gone:
             totals.tokens += await conn.fetchval(UNLINK_FOLLOWING, gone)
     if edits:
-        totals.tokens += await conn.fetchval(EDIT_MEMORIES, *edits.columns)
+        totals.tokens += await conn.fetchval(EDIT_MEMORIES, *edits.columns, lease.owner, lease.seconds)
     if following:
         totals.tokens += await conn.fetchval(SET_CONTEXT_TERMS, *following.columns)
     if redactions:
@@ -183,7 +220,7 @@ async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: T
         await conn.execute(UPSERT_CONTEXTS, *contexts.columns)
         await conn.execute(INSERT_HISTORY, *history.columns)
     if memories:
-        rows, tokens = await conn.fetchrow(INSERT_MEMORIES, *memories.columns)
+        rows, tokens = await conn.fetchrow(INSERT_MEMORIES, *memories.columns, lease.owner, lease.seconds)
         totals.rows += rows
         totals.tokens += tokens
     if compact:

@@ -26,6 +26,7 @@ from memory.storage.postgres_units import (
     ADD_TOTALS,
     DROP_PLACEHOLDERS,
     LOCK_CONTEXTS,
+    Lease,
     Totals,
     write_round,
 )
@@ -43,7 +44,13 @@ RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 # same transaction (what costs is the notification queue's lock at commit, taken once).
 PAYLOAD_LIMIT = 7000
 # What a unit's own bad data raises: the others of its batch are then committed without it.
-DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, TypeError, OverflowError)
+DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    ValueError,
+    TypeError,
+    OverflowError,
+)
 
 
 @dataclass(slots=True)
@@ -76,8 +83,14 @@ def _checked(unit: Unit) -> bool:
 def _notifies(unit: Unit) -> bool:
     """Everything but setting embeddings changes what another process may have cached."""
     return not unit.empty and bool(
-        unit.write or unit.memories or unit.forget_ids or unit.forget_user or unit.edits
-        or unit.redactions or unit.compact_before or unit.erasure
+        unit.write
+        or unit.memories
+        or unit.forget_ids
+        or unit.forget_user
+        or unit.edits
+        or unit.redactions
+        or unit.compact_before
+        or unit.erasure
     )
 
 
@@ -92,7 +105,9 @@ class PostgresWriter:
         shard: int,
         max_batch: int,
         supervisor: Supervisor,
+        lease_seconds: float,
     ) -> None:
+        self._lease = Lease(token, lease_seconds)
         self._connect = connect
         self._conn: asyncpg.Connection | None = None
         self._location = location
@@ -248,16 +263,14 @@ class PostgresWriter:
         self.conflicts += len(units) - sum(1 for o in outcomes if o is COMMITTED)
         totals = Totals()
         for round_units in rounds:
-            await write_round(conn, round_units, totals)
+            await write_round(conn, round_units, totals, self._lease)
         if placeholders:
             await conn.execute(DROP_PLACEHOLDERS, placeholders)
         if totals.rows or totals.tokens:
             await conn.execute(ADD_TOTALS, self._shard, totals.rows, totals.tokens)
         if changed:
             payloads = notify_payloads(self._token, list(changed))
-            await conn.execute(
-                "SELECT pg_notify($1, p) FROM unnest($2::text[]) p", NOTIFY_CHANNEL, payloads
-            )
+            await conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) p", NOTIFY_CHANNEL, payloads)
             self.notifies += 1
         return outcomes
 
