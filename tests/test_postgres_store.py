@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from memory.context import FrozenMap, UserContext, freeze_json
-from memory.errors import StorageError
+from memory.errors import StorageError, SystemClosedError
 from memory.lexical import query_terms, read_varint, user_bm25, user_terms
 from memory.records import Memory
 from memory.storage.postgres import PostgresStore, mask_url
@@ -22,9 +22,11 @@ from memory.storage.protocol import (
     COMMITTED,
     Conflict,
     ContextWrite,
+    DenseSearch,
     ErasureNote,
     MemoryEdit,
     NewMemory,
+    Store,
     Unit,
 )
 
@@ -587,3 +589,58 @@ async def test_a_database_without_pgvector_says_what_to_do(
     s = PostgresStore(url.replace("postgres@", f"plain_{name}@"))
     with pytest.raises(StorageError, match="pgvector"):
         await s.open()
+
+
+# -- the protocol, bad units, a lost writer connection, read-only ---------------------------------
+
+
+def test_the_store_implements_the_protocol() -> None:
+    def as_store(s: PostgresStore) -> Store:  # mypy checks every method's signature here
+        return s
+
+    s = PostgresStore("postgresql://x@/y")
+    assert as_store(s).shared is True
+    assert isinstance(s, DenseSearch)
+
+
+async def test_one_bad_unit_fails_alone_and_its_batch_commits(store: PostgresStore) -> None:
+    [mid] = await store.reserve_memory_ids(1)
+    bad = Unit("bad", 0, write(context("bad", 1)), (new(memory(mid, "bad", "a NUL \x00 in the text")),))
+    futures = [store.submit(Unit(f"u{i}", 0, write(context(f"u{i}", 1)))) for i in range(3)]
+    futures.insert(1, store.submit(bad))
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert [o == COMMITTED for o in outcomes] == [True, False, True, True]
+    assert isinstance(outcomes[1], StorageError)
+    assert "could not commit" in str(outcomes[1])
+    assert await store.context_versions(["u0", "bad", "u1", "u2"]) == {"u0": 1, "u1": 1, "u2": 1}
+    assert await store.memories("bad") == []
+
+
+async def test_after_losing_its_connection_the_writer_reconnects(store: PostgresStore, postgres_url: str) -> None:
+    assert await bump(store, "ann", 0) == COMMITTED
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+            f"memory-bot writer {store.token}",
+        )
+    finally:
+        await admin.close()
+    assert killed == 1
+    with pytest.raises(StorageError, match="may or may not have been written"):
+        await bump(store, "ann", 1)
+    outcome = await bump(store, "ann", 1)  # it was not written: the server never saw it
+    assert outcome == COMMITTED
+    assert await store.context_versions(["ann"]) == {"ann": 2}
+
+
+async def test_a_read_only_store_reads_and_cannot_write(store: PostgresStore, postgres_url: str) -> None:
+    await bump(store, "ann", 0)
+    reader = PostgresStore(postgres_url, vector_dim=4, readonly=True)
+    await reader.open()
+    try:
+        assert await reader.context_versions(["ann"]) == {"ann": 1}
+        with pytest.raises(SystemClosedError):
+            reader.submit(Unit("ann", 1, write(context("ann", 2))))
+    finally:
+        await reader.close()

@@ -204,9 +204,15 @@ class PostgresWriter:
                 self._fail(pending, exc)
             return
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            # The connection may have gone mid-commit: whether these units were written is
+            conn = self._conn
+            if conn is not None and not conn.is_closed():
+                # The server refused the batch and rolled it back: nothing of it was written.
+                for pending in batch:
+                    self._fail(pending, exc)
+                return
+            # The connection went, maybe mid-commit: whether these units were written is
             # unknown. The next batch gets a new connection.
-            conn, self._conn = self._conn, None
+            self._conn = None
             if conn is not None:
                 conn.terminate()
             for pending in batch:
