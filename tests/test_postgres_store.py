@@ -616,7 +616,9 @@ async def test_one_bad_unit_fails_alone_and_its_batch_commits(store: PostgresSto
     assert await store.memories("bad") == []
 
 
-async def test_after_losing_its_connection_the_writer_reconnects(store: PostgresStore, postgres_url: str) -> None:
+async def test_after_losing_its_connection_the_writer_reconnects(
+    store: PostgresStore, postgres_url: str
+) -> None:
     assert await bump(store, "ann", 0) == COMMITTED
     admin = await asyncpg.connect(postgres_url)
     try:
@@ -644,3 +646,25 @@ async def test_a_read_only_store_reads_and_cannot_write(store: PostgresStore, po
             reader.submit(Unit("ann", 1, write(context("ann", 2))))
     finally:
         await reader.close()
+
+
+async def test_every_acknowledged_unit_survives_a_server_crash(
+    postgres_url: str, restart_postgres: Callable[[], None]
+) -> None:
+    s = await opened(postgres_url)
+    try:
+        outcomes = await asyncio.gather(*(bump(s, f"u{i}", 0, i) for i in range(200)))
+        assert outcomes == [COMMITTED] * 200
+        await asyncio.to_thread(restart_postgres)  # pg_ctl stop -m immediate, then start
+        with pytest.raises(StorageError):  # the writer's connection died with the server
+            await bump(s, "late", 0)
+        assert await bump(s, "late", 0) == COMMITTED  # ... and was made again
+        assert await s.context_versions(["u7"]) == {"u7": 1}  # the pool's dead ones, too
+    finally:
+        await s.close()
+    after = await opened(postgres_url)
+    try:
+        versions = await after.context_versions([f"u{i}" for i in range(200)] + ["late"])
+        assert versions == {**{f"u{i}": 1 for i in range(200)}, "late": 1}
+    finally:
+        await after.close()

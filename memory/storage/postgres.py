@@ -46,6 +46,13 @@ from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
 
+_CONNECTION_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    OSError,
+)
 CLAIM_LEASE_SECONDS = 300.0
 CLAIM_LIMIT = 10_000
 POOL_SIZE = 4
@@ -311,7 +318,15 @@ class PostgresStore:
             if pinned is not None and pinned[0] is self:
                 async with pinned[2]:  # one statement at a time on the pinned connection
                     return list(await pinned[1].fetch(sql, *args))
-            return list(await self._require_pool().fetch(sql, *args))
+            pool = self._require_pool()
+            # A pooled connection that died (a server restart) is replaced by the pool, and a
+            # read is safe to send again: at most once per connection the pool may hold.
+            for _ in range(self._pool_size):
+                try:
+                    return list(await pool.fetch(sql, *args))
+                except _CONNECTION_LOST:
+                    continue
+            return list(await pool.fetch(sql, *args))
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             raise StorageError(f"could not read {self.location}: {exc}") from exc
 
