@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import numpy as np
+import orjson
 import pytest
 
 from memory.context import FrozenMap, UserContext, freeze_json
@@ -160,10 +161,7 @@ async def test_a_conflict_writes_nothing(store: PostgresStore) -> None:
     assert await store.memories("ann") == []
     assert await store.version_count("ann") == 1
     assert (
-        UserContext.from_dict(
-            __import__("orjson").loads(await store.context_data("ann") or b"")
-        ).conversations_count
-        == 1
+        UserContext.from_dict(orjson.loads(await store.context_data("ann") or b"")).conversations_count == 1
     )
     assert await store.submit(Unit("bob", 3, forget_user=True)) == Conflict(0)
     assert await store.load_contexts() == [("ann", context("ann", 1, 1).to_json())]
@@ -212,11 +210,7 @@ async def test_two_stores_twenty_submitters_each_count_exactly(postgres_url: str
                 while True:  # the system's reload-and-retry loop
                     version = (await s.context_versions([uid])).get(uid, 0)
                     data = await s.context_data(uid)
-                    count = (
-                        UserContext.from_dict(__import__("orjson").loads(data)).conversations_count
-                        if data
-                        else 0
-                    )
+                    count = UserContext.from_dict(orjson.loads(data)).conversations_count if data else 0
                     outcome = await s.submit(Unit(uid, version, write(context(uid, version + 1, count + 1))))
                     if outcome == COMMITTED:
                         break
@@ -231,7 +225,7 @@ async def test_two_stores_twenty_submitters_each_count_exactly(postgres_url: str
         for uid in users:
             data = await stores[1].context_data(uid)
             assert data is not None
-            ctx = UserContext.from_dict(__import__("orjson").loads(data))
+            ctx = UserContext.from_dict(orjson.loads(data))
             assert ctx.conversations_count == ctx.version == versions[uid]
         assert await stores[0].count("context_history") == total
         assert sum(conflicts) > 0  # the two stores did race
@@ -459,8 +453,6 @@ def test_large_batches_split_their_notification_under_the_payload_limit() -> Non
     payloads = notify_payloads("tok", users)
     assert len(payloads) > 1
     assert all(len(p.encode()) < 8000 for p in payloads)
-    import orjson
-
     assert [u for p in payloads for u in orjson.loads(p)["u"]] == users
 
 

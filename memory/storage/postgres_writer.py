@@ -221,6 +221,7 @@ class PostgresWriter:
         self.batches += 1
         self.units += len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
+        self.conflicts += sum(1 for o in outcomes if isinstance(o, Conflict))
         for pending, outcome in zip(batch, outcomes, strict=True):
             if not pending.future.done():
                 pending.future.set_result(outcome)
@@ -266,7 +267,6 @@ class PostgresWriter:
             rounds[position].append(unit)
             if _notifies(unit):
                 changed[uid] = None
-        self.conflicts += len(units) - sum(1 for o in outcomes if o is COMMITTED)
         totals = Totals()
         for round_units in rounds:
             await write_round(conn, round_units, totals, self._lease)
