@@ -305,10 +305,18 @@ class LocalCluster:
         with tempfile.TemporaryFile("w+") as out:
             try:
                 result = subprocess.run(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True,
-                    env=env, cwd=cwd, timeout=TOOL_TIMEOUT_S, check=False,
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    cwd=cwd,
+                    timeout=TOOL_TIMEOUT_S,
+                    check=False,
                     # root's supplementary groups are dropped with its uid
-                    user=user.uid if user else None, group=user.gid if user else None,
+                    user=user.uid if user else None,
+                    group=user.gid if user else None,
                     extra_groups=[] if user else None,
                 )
             except PermissionError as exc:
@@ -358,14 +366,25 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(
             name, help=text, description=text, epilog=f"Example: python -m memory.pgcluster {example}"
         )
-        command.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER,
-                             help=f"the cluster folder (default {DEFAULT_FOLDER})")
+        command.add_argument(
+            "folder",
+            nargs="?",
+            type=Path,
+            default=DEFAULT_FOLDER,
+            help=f"the cluster folder (default {DEFAULT_FOLDER})",
+        )
         if name == "stop":
-            command.add_argument("--mode", choices=("smart", "fast", "immediate"), default="fast",
-                                 help="pg_ctl's shutdown mode (default fast)")
+            command.add_argument(
+                "--mode",
+                choices=("smart", "fast", "immediate"),
+                default="fast",
+                help="pg_ctl's shutdown mode (default fast)",
+            )
     text = "print the folder of PostgreSQL's tools (pg_dump, pg_restore, psql)"
     commands.add_parser(
-        "bindir", help=text, description=text,
+        "bindir",
+        help=text,
+        description=text,
         epilog='Example: PATH="$(python -m memory.pgcluster bindir):$PATH" pg_dump -Fc -f memory.dump "$URL"',
     )
     return parser

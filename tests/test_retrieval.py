@@ -19,6 +19,8 @@ from memory.snapshot import read_snapshot
 from memory.storage.sqlite_connection import sqlite3
 from tests.conftest import test_settings
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
 
 async def test_user_with_no_memories_gets_an_empty_list(ms: MemorySystem) -> None:
     assert await ms.retrieve_memory("nobody", "anything at all") == []
@@ -105,6 +107,7 @@ async def test_forget_source_removes_the_memory_made_from_a_message(ms: MemorySy
     assert [m.source_id for m in await ms.get_memories("alice")] == ["msg-2"]
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_forget_user_leaves_nothing(tmp_path: Path, make_system: Callable[..., MemorySystem]) -> None:
     data_dir = tmp_path / "data"
     async with make_system(data_dir) as ms:
