@@ -150,7 +150,12 @@ words = st.sampled_from(["apple", "river", "guitar", "purple", "rocket", "garden
 texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     memories=st.lists(
         st.tuples(st.sampled_from(["u1", "u2", "u3", "4", "u 1"]), texts), min_size=1, max_size=30
@@ -159,10 +164,16 @@ texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
     k=st.integers(min_value=1, max_value=10),
 )
 def test_isolation_no_result_ever_belongs_to_another_user(
-    memories: list[tuple[str, str]], query: str, k: int
+    store: str, request: pytest.FixtureRequest, memories: list[tuple[str, str]], query: str, k: int
 ) -> None:
+    # Each example on a fresh memory: a new folder, or a new PostgreSQL database.
+    storage = {}
+    if store == "postgres":
+        storage = {"backend": "postgres", "postgres_url": request.getfixturevalue("make_postgres_database")()}
+
     async def run(folder: Path) -> None:
-        async with MemorySystem(folder, settings=test_settings(), encoder=HashingEncoder()) as ms:
+        system_settings = test_settings(storage=storage)
+        async with MemorySystem(folder, settings=system_settings, encoder=HashingEncoder()) as ms:
             shared = "the very same text in every user"
             for user in {u for u, _ in memories}:
                 await ms.save_memory(user, shared)
