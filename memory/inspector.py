@@ -251,7 +251,7 @@ class Inspector:
     async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
         """The erasure log (of one user, or all), oldest first; it has no content to hide."""
         uid = None if user_id is None else validation.user_id(user_id)
-        if await self.store.schema_version() < ERASURE_SCHEMA:
+        if not self.shared and await self.store.schema_version() < ERASURE_SCHEMA:
             return []  # a database from before the log: nothing was recorded
         return await self.store.erasures(uid)
 
