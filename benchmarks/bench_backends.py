@@ -25,7 +25,6 @@ from memory.cpu import int8_instruction_set
 from memory.lexical import query_terms
 from memory.pgcluster import LocalCluster
 from memory.storage.postgres import PostgresStore
-from memory.storage.sqlite import SqliteStore
 
 WORDS = (
     "garden tomato river guitar purple rocket coffee winter mountain violin harbour lantern "
@@ -88,6 +87,7 @@ async def run(quick: bool, seed: int) -> dict[str, Any]:
         cluster.init()
         cluster.start()
         try:
+            url = cluster.url()
             backends = {
                 "sqlite": _system(folder / "sqlite", {}),
                 "postgres": _system(
