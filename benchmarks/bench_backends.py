@@ -90,9 +90,7 @@ async def run(quick: bool, seed: int) -> dict[str, Any]:
             url = cluster.url()
             backends = {
                 "sqlite": _system(folder / "sqlite", {}),
-                "postgres": _system(
-                    folder / "unused", {"backend": "postgres", "postgres_url": cluster.url()}
-                ),
+                "postgres": _system(folder / "unused", {"backend": "postgres", "postgres_url": url}),
             }
             fill: dict[str, float] = {}
             for name, ms in backends.items():
