@@ -235,7 +235,7 @@ def test_binaries_out_of_the_server_users_reach_run_from_a_copy(tmp_path: Path, 
     # run the venv's binaries, so the cluster runs a copy from the system temp folder.
     install = tmp_path / "venv" / "pginstall"
     shutil.copytree(LocalCluster(spare_folder).bin_dir.parent, install, symlinks=True)
-    cluster = LocalCluster(spare_folder / "pg", bin_dir=install / "bin")
+    cluster = LocalCluster(spare_folder, bin_dir=install / "bin")
     assert cluster.bin_dir.parent != install and cluster.bin_dir.name == "bin"
     assert cluster.bin_dir.is_relative_to(tempfile.gettempdir())
     cluster.init(sync=False)
