@@ -1,19 +1,22 @@
-"""The real encoder: loaded through transformers alone, and an urgent lane past the backlog."""
+"""The embedder under load: the real model loaded through transformers alone, an urgent lane
+past the backlog, and a close that leaves the backlog to the next start."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import subprocess
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from memory import EncoderError, load_settings
-from memory.encoder import PACKAGED_MODEL, build_encoder, encode_urgent, resolve_model_path
+from memory import EncoderError, HashingEncoder, MemorySystem, load_settings
+from memory.encoder import PACKAGED_MODEL, Vectors, build_encoder, encode_urgent, resolve_model_path
 from memory.torch_backend import read_layout
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, test_settings
 
 TEXTS = [
     "I adopted a puppy named Rex",
@@ -103,3 +106,71 @@ def test_a_model_with_layers_this_loader_does_not_run_is_refused(tmp_path: Path)
 def test_the_packaged_models_layout_is_read_from_its_folder() -> None:
     layout = read_layout(Path(resolve_model_path(PACKAGED_MODEL)), 512)
     assert (layout.max_length, layout.lower_case, layout.pooling) == (256, False, "mean")
+
+
+class TimedEncoder(HashingEncoder):
+    """Hashing vectors at a model's pace: each call takes ``seconds_per_call`` (``sleep``
+    stands in for the model's time on its thread); ``all_seen`` is set once ``expect(n)``
+    texts have been embedded."""
+
+    def __init__(self, seconds_per_call: float = 0.0) -> None:
+        super().__init__()
+        self._seconds = seconds_per_call
+        self.texts = 0
+        self._expected: int | None = None
+        self.all_seen = asyncio.Event()
+
+    def expect(self, texts: int) -> None:
+        self._expected = texts
+        self._check()
+
+    def _check(self) -> None:
+        if self._expected is not None and self.texts >= self._expected:
+            self.all_seen.set()
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        if self._seconds:
+            await asyncio.sleep(self._seconds)
+        vectors = await super().encode(texts)
+        self.texts += len(texts)
+        self._check()
+        return vectors
+
+
+async def test_close_stops_after_the_batch_in_flight_and_the_next_start_embeds_the_backlog(
+    tmp_path: Path,
+) -> None:
+    data, users, count = tmp_path / "data", 5, 5_000
+    slow = TimedEncoder(seconds_per_call=0.5)  # 64 texts per 0.5 s: the backlog takes ~30 s
+    first = MemorySystem(data, settings=test_settings(), encoder=slow)
+    async with asyncio.timeout(60):
+        await first.start()
+        assert await first.wait_ready()
+
+        async def writer(n: int) -> None:
+            for i in range(n, count, 50):
+                await first.save_memory(f"user{i % users}", f"backlog note number {i} about topic {i % 97}")
+
+        await asyncio.gather(*(writer(n) for n in range(50)))
+        before = await first.stats()
+        assert before["pending_embeddings"] > 2_000
+        calls = slow.calls
+        started = time.perf_counter()
+        await first.close()
+        closed_in = time.perf_counter() - started
+    assert slow.calls <= calls + 2, "close() went on embedding the backlog"
+    assert closed_in < 5.0  # draining would take over 15 s at this pace
+    fast = TimedEncoder()
+    async with asyncio.timeout(60), MemorySystem(data, settings=test_settings(), encoder=fast) as again:
+        assert again.report is not None
+        left = again.report.embeddings_pending
+        # Durable, not lost at close: all that was pending but the batches in flight.
+        assert before["pending_embeddings"] - 2 * 64 <= left <= before["pending_embeddings"]
+        fast.expect(left)
+        await fast.all_seen.wait()
+        for u in range(users):  # each waits for its own memories in the batch in flight
+            await again.retrieve_memory(f"user{u}", "backlog note", k=1)
+        stats = await again.stats()
+        assert stats["pending_embeddings"] == 0
+        assert stats["embedded_since_start"] == left
+        assert stats["index_vectors"] == count
