@@ -351,15 +351,16 @@ class SemanticMemory:
                 backoff = min(backoff * 2, 30.0)
 
     async def _embed_taken(self, batch: list[Memory], vectors: Vectors | None = None) -> bool:
-        """Embed memories taken off the queue (or store the ``vectors`` a retrieve made for
-        them); on failure they go back to its front (False)."""
+        """Embed memories taken off the queue, or store the ``vectors`` a retrieve made for
+        them (searchable before their commit: the retrieve waits for the index, not for the
+        writer); on failure they go back to the queue's front (False)."""
         started = time.perf_counter()
         background = vectors is None
         try:
             if vectors is None:
                 assert self._encoder is not None
                 vectors = await self._encoder.encode([embedding_text(m) for m in batch])
-            await self._save_vectors(batch, vectors)
+            await self._save_vectors(batch, vectors, index_first=not background)
         except (EncoderError, StorageError) as exc:
             self._embed_error = str(exc)
             log.error("embedding %d memories failed: %s", len(batch), exc)
@@ -391,17 +392,50 @@ class SemanticMemory:
         self._in_flight_ids = {m.id for m in batch}
         return batch
 
-    async def _save_vectors(self, batch: list[Memory], vectors: Vectors) -> None:
-        """Store the vectors of memories still live, in SQLite and then in the index."""
-        assert self._index is not None
-        async with self._index_lock:
-            rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+    async def _save_vectors(
+        self, batch: list[Memory], vectors: Vectors, *, index_first: bool = False
+    ) -> None:
+        """Store the vectors of memories still live, in SQLite and in the index.
+
+        The commit runs outside the index lock (a retrieve storing its user's vectors would
+        otherwise wait for the embedder's commit too): a memory forgotten meanwhile is no
+        longer live when the lock is taken, so its vector never reaches the index, and its
+        row is gone, so the UPDATE changed nothing; a rebuild meanwhile already holds the
+        committed vectors, and ``add`` skips ids it has. ``index_first`` (a retrieve's own
+        memories) adds them to the index before the commit, and takes them out again if the
+        commit fails; an index file saved between the two holds a vector SQLite lacks, which
+        the next start drops and embeds again.
+        """
+        ids = [m.id for m in batch]
+        rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+        if index_first:
+            indexed = await self._index_rows(rows)
+            self.embedded += len(indexed)  # searchable now
+            self._urgent_ids.difference_update(ids)
+            self._notify()
+        try:
             if rows:
                 await self._store.commit([embedding_statement(m.id, v.tobytes()) for m, v in rows])
+        except StorageError:
+            if index_first:
+                self.embedded -= len(indexed)
+                async with self._index_lock:
+                    assert self._index is not None
+                    await self._faiss.run(self._index.remove, ids)
+            raise
+        if not index_first:
+            self.embedded += len(await self._index_rows(rows))
+        self._live.difference_update(ids)
+
+    async def _index_rows(self, rows: list[tuple[Memory, Vectors]]) -> list[tuple[Memory, Vectors]]:
+        """Add the rows of memories still live to the index; those added."""
+        async with self._index_lock:
+            assert self._index is not None
+            rows = [(m, v) for m, v in rows if m.id in self._live]
+            if rows:
                 await self._faiss.run(self._add_rows, self._index, rows)
                 self._index_dirty = True
-            self._live.difference_update(m.id for m in batch)
-            self.embedded += len(rows)
+        return rows
 
     @staticmethod
     def _add_rows(index: PerUserIndex, rows: list[tuple[Memory, Vectors]]) -> None:
@@ -442,9 +476,9 @@ class SemanticMemory:
 
     async def _embed_for_query(self, user_id: str, query: str, unembedded: set[int]) -> Vectors:
         """The query's vector, from one urgent model call that also embeds the user's pending
-        memories; their storing, and the user's memories in the embedder's batch in flight,
-        are waited for ``pending_wait_ms`` at most; what is still unembedded goes into
-        ``unembedded``."""
+        memories; their place in the index (not their commit), and the user's memories in the
+        embedder's batch in flight, are waited for ``pending_wait_ms`` at most; what is still
+        unembedded goes into ``unembedded``."""
         assert self._encoder is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.retrieval.pending_wait_ms / 1000
@@ -456,7 +490,7 @@ class SemanticMemory:
             self._pending.extend(own)
             self._work.set()
             raise
-        if own:  # a task: a cancelled retrieve must not leave vectors half stored
+        if own:  # a task: the commit is not waited for, and a cancelled retrieve cannot cut it
             storing = asyncio.ensure_future(self._embed_taken(own, vectors[1:]))
             self._storing.add(storing)
             storing.add_done_callback(self._storing.discard)

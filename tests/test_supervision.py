@@ -96,6 +96,9 @@ async def test_dead_embedder_shows_in_stats_and_retrieve_fails_fast(tmp_path: Pa
     faults.arm(TaskName.EMBEDDER, KeyError("injected embedder bug"))
     memory = await ms.save_memory("ann", "my cat is called Miso")  # committed before the death
     async with asyncio.timeout(DEADLINE):
+        # A retrieve embeds its user's memories itself; it is the one after the death that fails.
+        while state(ms) is not SystemState.FAILED:
+            await asyncio.sleep(0)
         with pytest.raises(BackgroundTaskError, match="embedder") as info:
             await ms.retrieve_memory("ann", "what is my cat called?")
     assert info.value.task == "embedder"
