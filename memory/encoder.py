@@ -355,12 +355,18 @@ class SentenceTransformerEncoder:
         limit = self._settings.batch_size
         queue = self._urgent_queue
         while queue:
-            batch, size = [queue.popleft()], 0
+            batch = [queue.popleft()]
             size = len(batch[0].texts)
             while queue and size + len(queue[0].texts) <= limit:
                 batch.append(queue.popleft())
                 size += len(batch[-1].texts)
-            await self._answer(batch, self._urgent_worker, self._urgent_model)
+            try:
+                await self._answer(batch, self._urgent_worker, self._urgent_model)
+            except asyncio.CancelledError:  # close(): the batch in hand is answered too
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(SystemClosedError("the encoder was closed"))
+                raise
             self.urgent_batches += 1
 
     async def _batch_loop(self) -> None:
