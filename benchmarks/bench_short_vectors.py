@@ -81,6 +81,7 @@ async def build(folder: Path, encoder: Encoder, turns: dict[str, list[Any]]) -> 
                     user, text, kind="exchange", created_at=when, metadata={"dia_id": dia_id}
                 )
         await drain_embeddings(ms, timeout=3600)
+    await encoder.close()  # handed in, so not closed by the MemorySystem
 
 
 async def recall_of(folder: Path, questions: list[Question]) -> dict[str, float]:
