@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 import pytest
 
 from memory import HashingEncoder, MemorySystem
+from memory.changes import ContextCache
 from tests.conftest import PYTHON, ROOT, subprocess_env, test_settings
 
 USERS = 100
@@ -182,3 +183,24 @@ async def test_a_server_crash_mid_stream_loses_no_acknowledged_update(
         os.kill(proc.pid, signal.SIGKILL)
         await asyncio.to_thread(reader.join)
     await _all_present(postgres_url, acked)
+
+
+async def test_after_missed_notifications_every_cached_version_is_checked_in_one_query(
+    postgres_url: str,
+) -> None:
+    async with _system(postgres_url) as a, _system(postgres_url) as b:
+        for uid in ("alice", "bob", "carol"):
+            await a.update_context(uid, "hello", "hi")
+        await b.list_users()  # b has them cached (as their notifications arrive, or reloads)
+        cache = ContextCache(b._store)  # a cache on b's store as after a reconnect: not notified
+        cache.load(
+            [(ctx, ctx.to_json()) for ctx in [await b.get_user_context(u) for u in ("alice", "bob", "carol")]]
+        )
+        await a.update_context("alice", "again", "hi")  # missed by this cache
+        cache.mark_stale(None)  # what the store says after its LISTEN connection came back
+        await cache.fresh("bob")  # one query checks every cached version; bob is current
+        assert cache.reloads == 0
+        await cache.fresh("alice")  # alice was found stale by that query: reloaded when read
+        assert cache.reloads == 1
+        alice = cache.get("alice")
+        assert alice is not None and alice.version == 2
