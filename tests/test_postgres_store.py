@@ -229,6 +229,7 @@ async def test_two_stores_twenty_submitters_each_count_exactly(postgres_url: str
             assert ctx.conversations_count == ctx.version == versions[uid]
         assert await stores[0].count("context_history") == total
         assert sum(conflicts) > 0  # the two stores did race
+        assert [s.stats()["retries"] for s in stores] == [0, 0]  # locks in user-id order: no deadlock
         assert await stores[0].integrity_problems() == ["ok"]
     finally:
         for s in stores:
@@ -562,6 +563,13 @@ async def test_a_server_that_is_not_there_says_what_to_do(
     assert "make postgres" in message
     assert "hunter2" not in message and "***" in message
     assert "hunter2" not in caplog.text
+
+
+async def test_a_missing_database_says_what_to_do(postgres_url: str) -> None:
+    url = postgres_url.replace("/test_", "/absent_", 1)
+    with pytest.raises(StorageError, match="create the database") as caught:
+        await PostgresStore(url).open()
+    assert "absent_" in str(caught.value)
 
 
 async def test_a_database_without_pgvector_says_what_to_do(

@@ -296,13 +296,16 @@ class PostgresStore:
     def stats(self) -> dict[str, int]:
         w = self._writer
         if w is None:
-            return {"commit_queue": 0, "batches": 0, "units": 0, "largest_batch": 0, "conflicts": 0}
+            return {
+                "commit_queue": 0, "batches": 0, "units": 0, "largest_batch": 0, "conflicts": 0, "retries": 0,
+            }  # fmt: skip
         return {
             "commit_queue": w.queue_depth,
             "batches": w.batches,
             "units": w.units,
             "largest_batch": w.largest_batch,
             "conflicts": w.conflicts,
+            "retries": w.retries,
         }
 
     # -- reading -----------------------------------------------------------------------------

@@ -124,6 +124,7 @@ class PostgresWriter:
         self.units = 0
         self.largest_batch = 0
         self.conflicts = 0
+        self.retries = 0  # batches run again after a deadlock or serialization failure
         self.notifies = 0
 
     def start(self) -> None:
@@ -236,6 +237,7 @@ class PostgresWriter:
             except RETRYABLE as exc:
                 if attempt == RETRIES - 1:
                     raise
+                self.retries += 1
                 log.info("batch of %d units retried after: %s", len(units), exc)
         raise AssertionError("unreachable")
 
