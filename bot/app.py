@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -21,6 +22,7 @@ from bot.pipeline import ChatPipeline
 from bot.rate_limit import RateLimiter
 from bot.responder import Responder, TemplateResponder
 from memory import ConfigError, MemorySystem, Settings
+from memory.settings import BotSettings
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
@@ -75,6 +77,7 @@ class MemoryBot(commands.Bot):
         clock: Callable[[], float] = time.monotonic,
         intents: discord.Intents | None = None,
         metrics: BotMetrics | None = None,
+        **client_options: Any,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned_or(settings.bot.prefix),
@@ -84,6 +87,7 @@ class MemoryBot(commands.Bot):
             tree_cls=MemoryTree,  # bot.cogs.help: a hybrid /help that describes every command
             owner_ids=owner_ids(settings.bot.owner_ids) or None,
             proxy=settings.bot.proxy or None,
+            **client_options,
         )
         self.memory = memory
         self.bot_settings = settings.bot
@@ -146,3 +150,44 @@ class MemoryBot(commands.Bot):
                 await self.memory.close()
         finally:
             await super().close()
+
+
+class ShardedMemoryBot(MemoryBot, commands.AutoShardedBot):
+    """``MemoryBot`` on discord.py's AutoShardedBot: one process runs ``shard_ids`` of
+    ``shard_count`` shards (all of them when no ids are given). Several such processes share
+    one memory on PostgreSQL; a person is the same user on every shard (DMs arrive on shard 0)."""
+
+
+def shard_options(settings: BotSettings) -> dict[str, Any] | None:
+    """The AutoShardedBot options for ``settings``; None for a single-shard ``MemoryBot``."""
+    ids = [_shard_id(raw, settings.shard_count) for raw in settings.shard_ids]
+    if settings.shard_count <= 1 and not ids:
+        return None
+    if ids and settings.shard_count < 1:
+        raise ConfigError("bot.shard_ids needs bot.shard_count (the total number of shards)")
+    options: dict[str, Any] = {"shard_count": settings.shard_count}
+    if ids:
+        options["shard_ids"] = sorted(set(ids))
+    return options
+
+
+def _shard_id(raw: str, count: int) -> int:
+    if not raw.isdigit() or (count >= 1 and int(raw) >= count):
+        raise ConfigError(
+            f"bot.shard_ids: {raw!r} is not a shard id; use whole numbers below bot.shard_count ({count})"
+        )
+    return int(raw)
+
+
+def make_memory_bot(memory: MemorySystem, settings: Settings, **options: Any) -> MemoryBot:
+    """A ``ShardedMemoryBot`` when sharding is configured, else a ``MemoryBot``."""
+    shards = shard_options(settings.bot)
+    if shards is None:
+        return MemoryBot(memory, settings, **options)
+    if settings.storage.backend != "postgres" and shards.get("shard_ids") is not None:
+        log.warning(
+            "running shards %s of %d on SQLite: only this process can use the memory; run every "
+            "shard group on one PostgreSQL memory (storage.backend = postgres)",
+            shards["shard_ids"], shards["shard_count"],
+        )
+    return ShardedMemoryBot(memory, settings, **options, **shards)

@@ -187,4 +187,3 @@ async def call(data_dir: Path, op: str, args: Mapping[str, Any], *, timeout: flo
     if not reply.get("ok"):
         raise RemoteError(str(reply.get("error")), str(reply.get("message")))
     return reply.get("result")
-

@@ -218,11 +218,7 @@ class PerUserIndex:
         """Inner products of the given memories of this user (others, and those not in
         ``allowed`` when given, are left out)."""
         shard = self._shards.get(user_id)
-        mine = [
-            mid
-            for mid in ids
-            if self._owner.get(mid) == user_id and (allowed is None or mid in allowed)
-        ]
+        mine = [mid for mid in ids if self._owner.get(mid) == user_id and (allowed is None or mid in allowed)]
         if shard is None or not mine:
             return {}
         vectors = np.vstack([shard.reconstruct(mid) for mid in mine])

@@ -41,7 +41,8 @@ from memory.recovery import DB_NAME, INDEX_NAME, SNAPSHOT_NAME
 from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.snapshot import read_snapshot
-from memory.store import ERASURE_SCHEMA, SCHEMA_VERSION, SqliteStore
+from memory.storage.sqlite import SqliteStore
+from memory.storage.sqlite_schema import ERASURE_SCHEMA, SCHEMA_VERSION
 from memory.transfer import export_document
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -179,11 +180,8 @@ class Inspector:
     @asynccontextmanager
     async def _read_snapshot(self) -> AsyncIterator[None]:
         """One read transaction, so the reads inside it see the same committed state."""
-        await self.store.fetch("BEGIN")
-        try:
+        async with self.store.consistent_reads():
             yield
-        finally:
-            await self.store.fetch("ROLLBACK")
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ Command line (``make postgres`` / ``make postgres-stop``)::
     python -m memory.pgcluster start [FOLDER]   # init if new, start if stopped; prints the URL
     python -m memory.pgcluster url [FOLDER]
     python -m memory.pgcluster stop [FOLDER] [--mode immediate]
+    python -m memory.pgcluster bindir           # where pg_dump and psql are
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ class ServerUser:
 def server_user(name: str | None = None) -> ServerUser:
     """The caller when not root; otherwise ``name``, ``$MEMORY_PGCLUSTER_USER`` or ``nobody``."""
     if os.geteuid() != 0:
-        me = pwd.getpwuid(os.geteuid())
-        return ServerUser(me.pw_name, me.pw_uid, me.pw_gid, switch=False)
+        try:
+            me = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # an id without a passwd entry, as some containers run
+            me = str(os.geteuid())
+        return ServerUser(me, os.geteuid(), os.getegid(), switch=False)
     wanted = name or os.environ.get(SERVER_USER_ENV) or DEFAULT_SERVER_USER
     try:
         entry = pwd.getpwnam(wanted)
@@ -346,25 +350,34 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Example: python -m memory.pgcluster start data/pg",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (
-        ("start", "create the cluster if needed, start it if stopped, print its URL"),
-        ("stop", "stop the server if it runs"),
-        ("url", "print the URL of the cluster's postgres database"),
+    for name, text, example in (
+        ("start", "create the cluster if needed, start it if stopped, print its URL", "start data/pg"),
+        ("stop", "stop the server if it runs", "stop --mode immediate data/pg"),
+        ("url", "print the URL of the cluster's postgres database", "url data/pg"),
     ):
-        command = commands.add_parser(name, help=text, description=text)
+        command = commands.add_parser(
+            name, help=text, description=text, epilog=f"Example: python -m memory.pgcluster {example}"
+        )
         command.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER,
                              help=f"the cluster folder (default {DEFAULT_FOLDER})")
         if name == "stop":
             command.add_argument("--mode", choices=("smart", "fast", "immediate"), default="fast",
                                  help="pg_ctl's shutdown mode (default fast)")
+    text = "print the folder of PostgreSQL's tools (pg_dump, pg_restore, psql)"
+    commands.add_parser(
+        "bindir", help=text, description=text,
+        epilog='Example: PATH="$(python -m memory.pgcluster bindir):$PATH" pg_dump -Fc -f memory.dump "$URL"',
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cluster = LocalCluster(args.folder)
+    cluster = LocalCluster(getattr(args, "folder", DEFAULT_FOLDER))
     try:
-        if args.command == "start":
+        if args.command == "bindir":
+            print(cluster.bin_dir)
+        elif args.command == "start":
             cluster.init()
             cluster.start()
             print(cluster.url())

@@ -104,9 +104,7 @@ def expand(features: np.ndarray) -> np.ndarray:
     return np.hstack([features, products])
 
 
-_MONTHS = (
-    "january february march april may june july august september october november december".split()
-)
+_MONTHS = "january february march april may june july august september october november december".split()
 _WHEN = re.compile(
     r"\b(when|how long|what (year|month|day|date|time)|which (year|month|day)|since|ago|how many "
     r"(days|weeks|months|years))\b",

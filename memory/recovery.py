@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field, fields
@@ -16,7 +17,9 @@ from memory.context import UserContext, stored_context
 from memory.errors import DataDamagedError, SnapshotCorruptError, StorageError
 from memory.ownership import LOCK_NAME, holder_pid
 from memory.snapshot import read_snapshot
-from memory.store import SqliteStore, context_statements, damaged_database
+from memory.storage.protocol import ContextWrite, Unit
+from memory.storage.sqlite import SqliteStore
+from memory.storage.sqlite_errors import damaged_database
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +85,20 @@ async def open_store(store: SqliteStore, snapshot: Path, report: StartupReport, 
 
 async def _rebuild_contexts(store: SqliteStore, snapshot: Path, users: list[dict[str, Any]]) -> None:
     now = datetime.now(UTC)
-    statements = []
+    writes = []
     for raw in users:
         try:
             ctx = UserContext.from_dict(raw)
         except (ValueError, TypeError, KeyError) as exc:  # InvalidInputError is a ValueError
             raise StorageError(f"snapshot {snapshot} holds an invalid context: {exc}", snapshot) from exc
         encoded = ctx.to_json().decode()
-        statements += context_statements(ctx, encoded, now, "recovery", {"op": "restored_from_snapshot"})
-    if statements:
-        await store.commit(statements)
+        writes.append(ContextWrite(ctx, encoded, now, "recovery", {"op": "restored_from_snapshot"}))
+    await _write_contexts(store, writes)
+
+
+async def _write_contexts(store: SqliteStore, writes: list[ContextWrite]) -> None:
+    """Commit restored contexts (one unit each, committed together by the group commit)."""
+    await asyncio.gather(*(store.submit(Unit(w.context.user_id, write=w)) for w in writes))
 
 
 def remove_litter(folder: Path, report: StartupReport) -> None:
@@ -156,7 +163,7 @@ async def _restore_damaged(
         ) from first
     now = datetime.now(UTC)
     restored: list[tuple[UserContext, bytes]] = []
-    statements = []
+    writes: list[ContextWrite] = []
     for uid, problem in damaged.items():
         if uid not in saved:
             raise DataDamagedError(
@@ -176,7 +183,7 @@ async def _restore_damaged(
         ctx = old.copy_with(version=after + 1)
         encoded = ctx.to_json()
         change = {"op": "restored_from_snapshot", "snapshot_version": old.version, "damaged_version": after}
-        statements += context_statements(ctx, encoded.decode(), now, "recovery", change)
+        writes.append(ContextWrite(ctx, encoded.decode(), now, "recovery", change))
         restored.append((ctx, encoded))
         note = (
             f"the context of user {uid!r} in {store.path} was damaged ({problem.__cause__}); "
@@ -186,7 +193,7 @@ async def _restore_damaged(
         )
         report.notes.append(note)
         log.warning("%s", note)
-    await store.commit(statements)
+    await _write_contexts(store, writes)
     return restored
 
 

@@ -46,9 +46,11 @@ from memory.ranker import (
 )
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
-from memory.store import SqliteStore
+from memory.storage.protocol import Store
+from memory.store_dense import StoreDense
 
 IndexRunner = Callable[..., Awaitable[Any]]
+
 
 @dataclass(frozen=True, slots=True)
 class FusionWeights:
@@ -148,7 +150,7 @@ class Retriever:
     system, a plain call in the read-only inspector).
     """
 
-    def __init__(self, store: SqliteStore, settings: RetrievalSettings, run_index: IndexRunner) -> None:
+    def __init__(self, store: Store, settings: RetrievalSettings, run_index: IndexRunner) -> None:
         self._store = store
         self._cfg = settings
         self._run_index = run_index
@@ -156,7 +158,7 @@ class Retriever:
 
     async def retrieve(
         self,
-        index: PerUserIndex | None,
+        index: PerUserIndex | StoreDense | None,
         user_id: str,
         query: str,
         embed_query: Callable[[], Awaitable[Vectors]],
@@ -186,7 +188,7 @@ class Retriever:
 
     async def pool(
         self,
-        index: PerUserIndex | None,
+        index: PerUserIndex | StoreDense | None,
         user_id: str,
         query: str,
         embed_query: Callable[[], Awaitable[Vectors]],
@@ -270,7 +272,7 @@ class Retriever:
 
     async def _fused(
         self,
-        index: PerUserIndex | None,
+        index: PerUserIndex | StoreDense | None,
         user_id: str,
         query: str,
         embed_query: Callable[[], Awaitable[Vectors]],
@@ -300,9 +302,14 @@ class Retriever:
         try:
             if index is not None:
                 query_vector = await embed_query()
-                dense_top, floor, known = await self._run_index(
-                    index.search_scored, user_id, query_vector, candidates, allowed
-                )
+                if isinstance(index, StoreDense):
+                    dense_top, floor, known = await index.search_scored(
+                        user_id, query_vector, candidates, allowed, scopes
+                    )
+                else:
+                    dense_top, floor, known = await self._run_index(
+                        index.search_scored, user_id, query_vector, candidates, allowed
+                    )
             lexical = dict(await lexical_search)
         finally:
             lexical_search.cancel()
@@ -324,9 +331,12 @@ class Retriever:
         missing = (lexical.keys() | linked) - dense.keys()
         dense.update((mid, known[mid]) for mid in missing & known.keys())
         if (unknown := missing - known.keys()) and index is not None and query_vector is not None:
-            dense.update(
-                await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector, allowed)
-            )
+            if isinstance(index, StoreDense):
+                dense.update(await index.scores_for(user_id, sorted(unknown), query_vector, allowed))
+            else:
+                dense.update(
+                    await self._run_index(index.scores_for, user_id, sorted(unknown), query_vector, allowed)
+                )
         hits = {mid for mid, _ in dense_top}
         ranked = fuse(dense, floor, lexical, neighbours, weights, hits)
         return _Stage(ranked, dense, lexical, neighbours, floor, hits)

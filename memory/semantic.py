@@ -36,7 +36,8 @@ from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.retrieval import Retriever
 from memory.settings import Settings
-from memory.store import SqliteStore, embedding_statement
+from memory.storage.protocol import DenseSearch, Store, Unit
+from memory.store_dense import StoreDense
 from memory.supervisor import Supervisor, TaskName
 from memory.workers import SingleThreadWorker, wait_any
 
@@ -45,6 +46,7 @@ INDEX_SAVE_INTERVAL = 30.0
 # After an erasure the index file is rewritten this soon, not at the usual interval: a forgotten
 # person's vectors must not stay on disk (a start also drops any it finds there).
 ERASURE_SAVE_DELAY = 5.0
+SWEEP_INTERVAL = 10.0  # a shared store: how often an idle embedder claims orphaned rows
 LEXICAL_ONLY = "lexical-only"  # in ``rankers``: ranked while the model was not ready
 NOT_EMBEDDED = "not-embedded"  # in ``rankers``: this memory had no vector yet
 
@@ -64,7 +66,7 @@ class SemanticMemory:
     def __init__(
         self,
         settings: Settings,
-        store: SqliteStore,
+        store: Store,
         index_path: Path,
         encoder: Encoder | None,
         supervisor: Supervisor | None = None,
@@ -79,6 +81,10 @@ class SemanticMemory:
         self._faiss = SingleThreadWorker("memory-bot-faiss")
         self._index_lock = OrderedLock(LockLevel.INDEX)
         self._index: PerUserIndex | None = None
+        # A store that keeps the vectors (PostgreSQL) is searched itself: no FAISS file to keep
+        # coherent with other processes' writes and forgets.
+        self._store_dense = StoreDense(store) if isinstance(store, DenseSearch) else None
+        self._last_sweep = 0.0
         self._retriever = Retriever(store, settings.retrieval, self._faiss.run)
         self._pending: deque[Memory] = deque()
         self._live: set[int] = set()
@@ -117,7 +123,10 @@ class SemanticMemory:
         await self._check_model(encoder, report)
         # Opened now, not after the model: a forget must find the vectors it erases.
         self._report = report  # completed by the loader when the index has to wait for the model
-        self._index = await self._open_index(encoder, report, None)
+        if self._store_dense is None:
+            self._index = await self._open_index(encoder, report, None)
+        else:
+            report.index_action = "vectors searched in the database"
         pending = await self._store.unembedded()
         report.embeddings_pending = len(pending)
         self.committed(pending)
@@ -131,7 +140,7 @@ class SemanticMemory:
         log.info("loading the embedding model %s in the background", encoder.name)
         try:
             await load_encoder(encoder)
-            if self._index is None:
+            if self._index is None and self._store_dense is None:
                 self._index = await self._open_index(encoder, self._report, encoder.dim)
         except Exception as exc:  # any load failure is reported in stats and health
             self.encoder_state = EncoderState.FAILED
@@ -186,7 +195,7 @@ class SemanticMemory:
             note = f"embedding model changed from {stored} to {encoder.name}: re-embedding every memory"
             report.notes.append(note)
             log.warning(note)
-        await self._store.commit(self._store.model_change_statements(encoder.name))
+        await self._store.set_embedding_model(encoder.name)
 
     async def _open_index(
         self, encoder: Encoder, report: StartupReport, dim: int | None
@@ -241,6 +250,11 @@ class SemanticMemory:
     async def rebuild(self, progress: Callable[[int, int], None] | None = None) -> int:
         """A fresh index from the stored embeddings, swapped in whole once complete."""
         assert self._encoder is not None
+        if self._store_dense is not None:  # nothing of it is kept here to rebuild
+            embedded = (await self._store.embedding_watermark())[0]
+            if progress is not None:
+                progress(embedded, embedded)
+            return embedded
         async with self._index_lock:
             ids = [mid for mid, _ in await self._store.embedded_ids()]
             # The vectors' size from the index or the stored rows: a rebuild needs no model.
@@ -321,6 +335,7 @@ class SemanticMemory:
                 await self._maybe_save_index()
                 timeout = ERASURE_SAVE_DELAY if self._erasure_unsaved else INDEX_SAVE_INTERVAL
                 await wait_any(self._work, self._stopping, timeout=timeout)
+                await self._sweep_unembedded()
             if self._stopping.is_set() and (not self._pending or self._embed_error is not None):
                 return  # drained (or the encoder is failing: the rest is embedded on next start)
             if not self._pending:
@@ -338,6 +353,19 @@ class SemanticMemory:
                 await asyncio.wait_for(self._stopping.wait(), backoff)
             except TimeoutError:
                 backoff = min(backoff * 2, 30.0)
+
+    async def _sweep_unembedded(self) -> None:
+        """A shared store: claim what no process is embedding (a crashed one's rows, after
+        their lease), now and then while idle."""
+        if not self._store.shared or time.monotonic() - self._last_sweep < SWEEP_INTERVAL:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            claimed = await self._store.unembedded()
+        except StorageError as exc:
+            log.warning("looking for memories left unembedded failed (retried later): %s", exc)
+            return
+        self.committed([m for m in claimed if m.id not in self._live])
 
     async def _embed_taken(self, batch: list[Memory]) -> bool:
         """Embed memories taken off the queue; on failure they go back to its front (False)."""
@@ -382,16 +410,26 @@ class SemanticMemory:
         return batch
 
     async def _embed(self, batch: list[Memory]) -> None:
-        assert self._encoder is not None and self._index is not None
+        assert self._encoder is not None
         vectors = await self._encoder.encode([embedding_text(m) for m in batch])
         async with self._index_lock:
             rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
             if rows:
-                await self._store.commit([embedding_statement(m.id, v.tobytes()) for m, v in rows])
-                await self._faiss.run(self._add_rows, self._index, rows)
-                self._index_dirty = True
+                await self._store_vectors(rows)
+                if self._index is not None:
+                    await self._faiss.run(self._add_rows, self._index, rows)
+                    self._index_dirty = True
             self._live.difference_update(m.id for m in batch)
             self.embedded += len(rows)
+
+    async def _store_vectors(self, rows: list[tuple[Memory, Vectors]]) -> None:
+        """One unit per user (a unit names the owner of every id it writes), one commit."""
+        by_user: dict[str, list[tuple[int, bytes]]] = {}
+        for memory, vector in rows:
+            by_user.setdefault(memory.user_id, []).append((memory.id, vector.tobytes()))
+        await asyncio.gather(
+            *(self._store.submit(Unit(uid, embeddings=tuple(pairs))) for uid, pairs in by_user.items())
+        )
 
     @staticmethod
     def _add_rows(index: PerUserIndex, rows: list[tuple[Memory, Vectors]]) -> None:
@@ -482,7 +520,7 @@ class SemanticMemory:
             row: Vectors = (await encoder.encode([query]))[0]
             return row
 
-        index = self._index if dense else None
+        index = (self._store_dense or self._index) if dense else None
         results = await self._retriever.retrieve(index, user_id, query, embed_query, k, kinds, scopes)
         if not dense:
             return [dataclasses.replace(r, rankers=(*r.rankers, LEXICAL_ONLY)) for r in results]

@@ -40,6 +40,10 @@ class StorageSettings:
     save_interval: float = field(default=2.0, metadata=_rule(low=0.01, high=3600))
     max_batch: int = field(default=256, metadata=_rule(low=1, high=10_000))
     integrity_check_on_start: bool = True
+    # Several bot processes share one memory only on PostgreSQL (DESIGN.md §9); SQLite belongs to
+    # one process. The URL may carry a password: it is masked wherever it is shown or logged.
+    backend: str = field(default="sqlite", metadata=_rule(choices=("sqlite", "postgres")))
+    postgres_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,10 @@ class BotSettings:
     retention_days: int = field(default=0, metadata=_rule(low=0, high=18_000))  # cutoff after 1970
     forget_guild_on_leave: bool = True
     forget_member_on_leave: bool = False
+    # Sharding (several processes on one PostgreSQL memory): AutoShardedBot when shard_count > 1
+    # or shard_ids are set; shard_ids are the shards this process runs (e.g. "0,1").
+    shard_count: int = field(default=0, metadata=_rule(low=0, high=100_000))
+    shard_ids: tuple[str, ...] = ()
     no_cross_guild: tuple[str, ...] = ()
 
 

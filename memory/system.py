@@ -10,17 +10,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import aiofiles.os
 
 from memory import validation
 from memory.autosave import AutoSaver
-from memory.context import MAX_FRIENDSHIP, PRIVATE_SCOPE, Exchange, FrozenMap, UserContext, freeze_json
+from memory.changes import ChangeRunner, ContextCache, Draft, wait_for_commit
+from memory.context import (
+    MAX_FRIENDSHIP,
+    PRIVATE_SCOPE,
+    Exchange,
+    FrozenMap,
+    UserContext,
+    freeze_json,
+    stored_context,
+)
 from memory.control import ControlServer
 from memory.erasure import (
     ErasureTarget,
@@ -32,6 +41,7 @@ from memory.erasure import (
 )
 from memory.errors import (
     BackgroundTaskError,
+    ConfigError,
     InvalidInputError,
     MemoryNotFoundError,
     StorageError,
@@ -39,7 +49,6 @@ from memory.errors import (
     UserNotFoundError,
     VersionNotFoundError,
 )
-from memory.group_commit import Statement
 from memory.locks import UserLocks
 from memory.ownership import FolderOwnership
 from memory.records import ErasureRecord, HistoryEntry, Memory, ScoredMemory
@@ -52,20 +61,11 @@ from memory.recovery import (
     load_contexts,
     open_store,
 )
-from memory.retrieval import lexical_document, same_session
+from memory.retrieval import lexical_document
 from memory.semantic import SemanticMemory
 from memory.settings import Settings, load_settings
-from memory.store import (
-    SqliteStore,
-    compact_history_statement,
-    context_statements,
-    edit_memory_statements,
-    erasure_statement,
-    forget_memories_statements,
-    forget_user_statements,
-    memory_statements,
-    redact_history_statement,
-)
+from memory.storage.protocol import MemoryEdit, Store
+from memory.storage.sqlite import SqliteStore
 from memory.supervisor import Faults, Supervisor, SystemState, TaskName
 from memory.transfer import ImportDocument, export_document, read_import, with_memory_ids
 
@@ -73,34 +73,10 @@ log = logging.getLogger(__name__)
 # Erasures are logged here at INFO, a level the bot shows by default: an operator can prove
 # a deletion request was honoured (the line names the user, the request and the counts only).
 audit = logging.getLogger("memory.audit")
-T = TypeVar("T")
 PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
-MAX_FRESH_CONTEXTS = 10_000
-MAX_CACHED_LAST_MEMORIES = 100_000
 # How long close() lets changes in flight finish before it closes the parts under them.
 CLOSE_GRACE_SECONDS = 30.0
 MAX_WAIT_SECONDS = 86_400  # the longest ``wait_ready`` timeout (None waits as long as it takes)
-
-
-async def wait_for_commit(commit: Awaitable[T]) -> bool:
-    """Wait for ``commit`` to finish even through cancellation; True if the caller was cancelled.
-
-    What has started (a commit, or the cleanup after one) must end as it would have: a caller
-    cancelled meanwhile gets its CancelledError only once it has.
-    """
-    task = asyncio.ensure_future(commit)
-    cancelled = False
-    while True:
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done() and task.cancelled():
-                raise
-            cancelled = True  # even if the task ended in the same step: the caller asked to stop
-            if not task.done():
-                continue
-            task.result()  # raises the commit's own error, if it failed
-        return cancelled
 
 
 def _data_dir_error(data_dir: Path, exc: OSError) -> StorageError:
@@ -141,12 +117,9 @@ class MemorySystem:
         self._encoder = encoder
         self._state = SystemState.NEW
         self._supervisor = Supervisor(faults, on_death=self._task_died)
-        self._contexts: dict[str, UserContext] = {}
-        self._encoded: dict[str, bytes] = {}
-        self._fresh: dict[str, UserContext] = {}
         self._locks = UserLocks()
-        self._next_memory_id = 1
-        self._last_memory: dict[str, Memory | None] = {}
+        self._saver: AutoSaver | None = None
+        self._store: Store
         self.settings = settings or Settings()
         self.report: StartupReport | None = None
 
@@ -195,12 +168,14 @@ class MemorySystem:
             await aiofiles.os.makedirs(data_dir, exist_ok=True)
         except OSError as exc:
             raise _data_dir_error(data_dir, exc) from exc
+        storage = self.settings.storage
+        if storage.backend == "postgres":
+            return await self._start_shared(data_dir)
         if self._take_ownership:
             self._ownership = FolderOwnership(data_dir)
             self._ownership.acquire()
         else:
             log.warning("opening %s without taking ownership: another process may be writing", data_dir)
-        storage = self.settings.storage
         self._store = SqliteStore(
             data_dir / DB_NAME,
             synchronous=storage.synchronous,
@@ -211,26 +186,65 @@ class MemorySystem:
         snapshot = data_dir / SNAPSHOT_NAME
         report = StartupReport(data_dir=str(data_dir))
         await open_store(self._store, snapshot, report, check=storage.integrity_check_on_start)
-        for ctx, data in await load_contexts(self._store, snapshot, report):
-            self._contexts[ctx.user_id] = ctx
-            self._encoded[ctx.user_id] = data
-        report.users = len(self._contexts)
-        self._next_memory_id = await self._store.next_memory_id()
+        self._cache = ContextCache(self._store)
+        self._cache.load(await load_contexts(self._store, snapshot, report))
+        report.users = len(self._cache.contexts)
         self._saver = AutoSaver(snapshot, storage.save_interval, self._snapshot_source, self._supervisor)
         if check_snapshot(snapshot, report):
             self._saver.mark_dirty()
+        await self._start_semantic(data_dir, report)
+        self._saver.start()
+        self._running()
+        if self._take_ownership:
+            self._control = ControlServer(self, data_dir)
+            await self._control.start()
+        return self._started(report)
+
+    async def _start_shared(self, data_dir: Path) -> StartupReport:
+        """PostgreSQL: no folder lock, no snapshot, no control socket; the database arbitrates
+        between processes (version checks), and its notifications keep this cache coherent."""
+        from memory.storage.postgres import PostgresStore  # asyncpg only for this backend
+
+        storage = self.settings.storage
+        if not storage.postgres_url:
+            raise ConfigError(
+                "storage.backend is postgres but storage.postgres_url is empty: start one with "
+                "`make postgres` and set MEMORY_BOT_STORAGE_POSTGRES_URL to the URL it prints"
+            )
+        store = PostgresStore(storage.postgres_url, max_batch=storage.max_batch, supervisor=self._supervisor)
+        self._store = store
+        report = StartupReport(data_dir=store.location)
+        report.migrations_applied = await store.open()
+        self._cache = ContextCache(store)
+        where = Path(store.location)
+        self._cache.load(
+            [
+                (stored_context(data, where, f"the context of user {uid!r}"), data)
+                for uid, data in await store.load_contexts()
+            ]
+        )
+        store.listen(self._cache.mark_stale)
+        report.users = len(self._cache.contexts)
+        await self._start_semantic(data_dir, report)
+        self._running()
+        return self._started(report)
+
+    async def _start_semantic(self, data_dir: Path, report: StartupReport) -> None:
         self._semantic = SemanticMemory(
             self.settings, self._store, data_dir / INDEX_NAME, self._encoder, self._supervisor
         )
+        self._changes = ChangeRunner(
+            self._store, self._cache, self.settings.retrieval.session_gap_minutes, self._semantic.committed
+        )
         await self._semantic.start(report)
-        self._saver.start()
+
+    def _running(self) -> None:
         death = self._supervisor.first_death()
         if death is not None:
             raise death
         self._state = SystemState.RUNNING
-        if self._take_ownership:
-            self._control = ControlServer(self, data_dir)
-            await self._control.start()
+
+    def _started(self, report: StartupReport) -> StartupReport:
         self.report = report
         log.info("memory system started: %s", report.to_dict())
         return report
@@ -251,9 +265,7 @@ class MemorySystem:
             async with asyncio.timeout(CLOSE_GRACE_SECONDS):
                 await self._locks.wait_idle()
         except TimeoutError:
-            log.warning(
-                "changes still in flight after %.0f s are cut off by close()", CLOSE_GRACE_SECONDS
-            )
+            log.warning("changes still in flight after %.0f s are cut off by close()", CLOSE_GRACE_SECONDS)
         await self._shutdown(save=True)
         death = self._supervisor.first_death()
         if death is not None:
@@ -310,7 +322,7 @@ class MemorySystem:
         raise SystemClosedError(f"the memory system is {self._state}; {hint}")
 
     def _snapshot_source(self) -> tuple[list[bytes], int]:
-        parts = list(self._encoded.values())
+        parts = list(self._cache.encoded.values())
         return parts, len(parts)
 
     # -- contexts ----------------------------------------------------------------------------
@@ -319,17 +331,44 @@ class MemorySystem:
         """The current context; a new user gets a fresh one (stored at its first change)."""
         self._require_running()
         uid = validation.user_id(user_id)
-        ctx = self._contexts.get(uid)
-        if ctx is None:
-            ctx = self._fresh.get(uid)
-            if ctx is None:
-                if len(self._fresh) >= MAX_FRESH_CONTEXTS:
-                    self._fresh.clear()
-                ctx = self._fresh[uid] = UserContext.new(uid, datetime.now(UTC))
-        return ctx
+        await self._cache.fresh(uid)
+        return self._cache.current(uid, datetime.now(UTC))
 
-    def _current(self, uid: str, now: datetime) -> UserContext:
-        return self._contexts.get(uid) or self._fresh.get(uid) or UserContext.new(uid, now)
+    async def _change(self, uid: str, build: Callable[[UserContext], Any], actor: str) -> Draft | None:
+        """Run ``build`` (old context -> Draft) to commitment under the user's lock already held;
+        a caller cancelled meanwhile gets its CancelledError once the change has applied."""
+        draft, cancelled = await self._change_anyway(uid, build, actor)
+        if cancelled:
+            raise asyncio.CancelledError
+        return draft
+
+    async def _change_anyway(
+        self, uid: str, build: Callable[[UserContext], Any], actor: str
+    ) -> tuple[Draft | None, bool]:
+        """``_change``, returning whether the caller was cancelled instead of raising it: for
+        the work that must follow a committed change all the same (an erasure's index)."""
+
+        async def on_current(old: UserContext | None) -> Draft | None:
+            draft: Draft | None = await build(old or self._cache.current(uid, datetime.now(UTC)))
+            return draft
+
+        draft, cancelled = await self._changes.run(uid, on_current, actor)
+        if draft is not None and (draft.new is not None or draft.forget_user) and self._saver is not None:
+            self._saver.mark_dirty()
+        return draft, cancelled
+
+    async def _new_memory(
+        self,
+        uid: str,
+        text: str,
+        kind: str,
+        created_at: datetime,
+        metadata: FrozenMap,
+        source_id: str | None,
+        scope: str = PRIVATE_SCOPE,
+    ) -> Memory:
+        (memory_id,) = await self._changes.memory_ids(1)
+        return Memory(memory_id, uid, text, kind, created_at, metadata, source_id, scope)
 
     async def update_context(
         self,
@@ -367,9 +406,9 @@ class MemorySystem:
         source = validation.source_id(source_id)
         actor = validation.actor(actor)
         scope = validation.scope(scope)
-        async with self._locks.hold(uid):
+
+        async def build(old: UserContext) -> Draft:
             now = datetime.now(UTC)
-            old = self._current(uid, now)
             changes = preferences(old.preferences) if callable(preferences) else preferences
             prefs, pref_change = self._apply_preferences(old.preferences, changes or {})
             memories: list[Memory] = []
@@ -377,7 +416,7 @@ class MemorySystem:
                 # The exchange memory's text: "<name>: <message>\nBot: <response>".
                 name = old.display_name if display_name is None else display_name
                 text = exchange_text(name or uid, message, response)
-                memories.append(self._new_memory(uid, text, "exchange", now, meta, source, scope))
+                memories.append(await self._new_memory(uid, text, "exchange", now, meta, source, scope))
             memory_id = memories[0].id if memories else None
             exchange = Exchange(message, response, now, memory_id, source, scope)
             recent = (*old.recent, exchange)
@@ -399,8 +438,12 @@ class MemorySystem:
                 change["preferences"] = pref_change
             if new.display_name != old.display_name:
                 change["display_name"] = [old.display_name, new.display_name]
-            await self._commit(new, now, actor, change, memories)
-        return new
+            return Draft(new, change, memories)
+
+        async with self._locks.hold(uid):
+            draft = await self._change(uid, build, actor)
+        assert draft is not None and draft.new is not None
+        return draft.new
 
     def _friendship_step(self, old: UserContext, now: datetime) -> int:
         """Friendship grows per conversation, not per message: a message less than
@@ -441,35 +484,40 @@ class MemorySystem:
         uid = validation.user_id(user_id)
         key = validation.text("preference key", key, 64, allow_empty=False)
         actor = validation.actor(actor)
-        async with self._locks.hold(uid):
-            now = datetime.now(UTC)
-            old = self._current(uid, now)
+
+        async def build(old: UserContext) -> Draft:
             previous = old.preferences.get(key)
             prefs, _ = self._apply_preferences(old.preferences, {key: value})
             new = old.copy_with(preferences=prefs, version=old.version + 1)
-            change = {"op": "set_preference", "key": key, "from": previous, "to": value}
-            await self._commit(new, now, actor, change, [])
-        return new
+            return Draft(new, {"op": "set_preference", "key": key, "from": previous, "to": value})
+
+        return await self._context_change(uid, build, actor)
 
     async def set_display_name(self, user_id: str | int, name: str, *, actor: str = "api") -> UserContext:
         self._require_running()
         uid = validation.user_id(user_id)
         name = validation.display_name(name, allow_empty=False)
         actor = validation.actor(actor)
-        async with self._locks.hold(uid):
-            now = datetime.now(UTC)
-            old = self._current(uid, now)
+
+        async def build(old: UserContext) -> Draft:
             new = old.copy_with(display_name=name, version=old.version + 1)
-            change = {"op": "set_display_name", "from": old.display_name, "to": name}
-            await self._commit(new, now, actor, change, [])
-        return new
+            return Draft(new, {"op": "set_display_name", "from": old.display_name, "to": name})
+
+        return await self._context_change(uid, build, actor)
+
+    async def _context_change(self, uid: str, build: Callable[[UserContext], Any], actor: str) -> UserContext:
+        """``_change`` under the user's lock, for a build that always makes a new context."""
+        async with self._locks.hold(uid):
+            draft = await self._change(uid, build, actor)
+        assert draft is not None and draft.new is not None
+        return draft.new
 
     async def history(self, user_id: str | int) -> list[HistoryEntry]:
         """Every version of the user's context, oldest first."""
         self._require_running()
         uid = validation.user_id(user_id)
         entries = await self._store.history(uid)
-        if not entries and uid not in self._contexts:
+        if not entries and self._cache.get(uid) is None:
             raise UserNotFoundError(uid)
         return entries
 
@@ -479,91 +527,24 @@ class MemorySystem:
         uid = validation.user_id(user_id)
         version = validation.positive_int("version", version)
         actor = validation.actor(actor)
-        async with self._locks.hold(uid):
-            current = self._contexts.get(uid)
-            if current is None:
+
+        async def build(current: UserContext) -> Draft:
+            if self._cache.get(uid) is None:
                 raise UserNotFoundError(uid)
             entry = await self._store.history_entry(uid, version)
             if entry is None:
                 raise VersionNotFoundError(uid, version, current.version)
-            now = datetime.now(UTC)
             new = entry.context.copy_with(version=current.version + 1)
-            change = {"op": "rollback", "from_version": current.version, "to_version": version}
-            await self._commit(new, now, actor, change, [])
-        return new
+            return Draft(new, {"op": "rollback", "from_version": current.version, "to_version": version})
+
+        return await self._context_change(uid, build, actor)
 
     async def list_users(self) -> list[str]:
         self._require_running()
-        return sorted(self._contexts)
-
-    async def _commit(
-        self,
-        new: UserContext,
-        now: datetime,
-        actor: str,
-        change: dict[str, Any],
-        memories: list[Memory],
-    ) -> None:
-        """Commit under the caller's user lock; install the new state only once durable."""
-        encoded = new.to_json()
-        statements = context_statements(new, encoded.decode(), now, actor, change)
-        statements += await self._memory_statements(memories)
-        cancelled = await self._commit_unit(statements, memories)
-        self._install(new, encoded)
-        if cancelled:
-            raise asyncio.CancelledError
-
-    def _install(self, new: UserContext, encoded: bytes) -> None:
-        """Make a committed context the current one (and due in the next snapshot)."""
-        self._contexts[new.user_id] = new
-        self._encoded[new.user_id] = encoded
-        self._fresh.pop(new.user_id, None)
-        self._saver.mark_dirty()
-
-    async def _memory_statements(self, memories: list[Memory]) -> list[Statement]:
-        """Rows for new memories, each linked to the previous one when in the same session."""
-        statements: list[Statement] = []
-        gap = self.settings.retrieval.session_gap_minutes
-        for memory in memories:
-            uid = memory.user_id
-            if uid not in self._last_memory:
-                if len(self._last_memory) >= MAX_CACHED_LAST_MEMORIES:
-                    self._last_memory.clear()
-                self._last_memory[uid] = await self._store.last_memory(uid)
-            previous = self._last_memory[uid]
-            linked = previous if same_session(previous, memory, gap) else None
-            body, context = lexical_document(memory, linked)
-            statements += memory_statements(memory, body, context, linked.id if linked else None)
-            self._last_memory[uid] = memory
-        return statements
-
-    async def _commit_unit(self, statements: list[Statement], memories: list[Memory]) -> bool:
-        """Commit one unit; True if the caller was cancelled meanwhile (it applied all the same)."""
-        try:
-            cancelled = await wait_for_commit(self._store.submit(statements))
-        except BaseException:
-            for memory in memories:  # not committed: the cached "last memory" may be wrong
-                self._last_memory.pop(memory.user_id, None)
-            raise
-        if memories:
-            self._semantic.committed(memories)
-        return cancelled
+        await self._cache.fresh_all()
+        return sorted(self._cache.contexts)
 
     # -- memories ----------------------------------------------------------------------------
-
-    def _new_memory(
-        self,
-        uid: str,
-        text: str,
-        kind: str,
-        created_at: datetime,
-        metadata: FrozenMap,
-        source_id: str | None,
-        scope: str = PRIVATE_SCOPE,
-    ) -> Memory:
-        memory_id = self._next_memory_id
-        self._next_memory_id += 1
-        return Memory(memory_id, uid, text, kind, created_at, metadata, source_id, scope)
 
     async def save_memory(
         self,
@@ -587,13 +568,13 @@ class MemorySystem:
         now = datetime.now(UTC)
         when = now if created_at is None else validation.timestamp("created_at", created_at, now)
         async with self._locks.hold(uid):
-            memory = self._new_memory(uid, text, kind, when, meta, source, scope)
-            await self._commit_memories([memory])
-        return memory
+            memory = await self._new_memory(uid, text, kind, when, meta, source, scope)
 
-    async def _commit_memories(self, memories: list[Memory]) -> None:
-        if await self._commit_unit(await self._memory_statements(memories), memories):
-            raise asyncio.CancelledError
+            async def build(old: UserContext) -> Draft:
+                return Draft(memories=[memory])
+
+            await self._change(uid, build, "api")
+        return memory
 
     async def get_memories(
         self,
@@ -672,7 +653,9 @@ class MemorySystem:
         users = {memory.user_id for memory in await self._store.memories_by_source(source)}
         if scan_contexts:
             users.update(
-                uid for uid, ctx in self._contexts.items() if any(e.source_id == source for e in ctx.recent)
+                uid
+                for uid, ctx in self._cache.contexts.items()
+                if any(e.source_id == source for e in ctx.recent)
             )
         return users
 
@@ -684,24 +667,27 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         actor = validation.actor(actor)
-        async with self._locks.hold(uid):
+        ids: list[int] = []
+        versions = 0
+        known = False
+
+        async def build(old: UserContext) -> Draft:
+            nonlocal ids, versions, known
             ids = await self._store.memory_ids(uid)
             versions = await self._store.version_count(uid)
-            known = uid in self._contexts or bool(ids) or bool(versions)
-            now = datetime.now(UTC)
-            rows = len(ids) + versions + (uid in self._contexts)
-            statements = forget_user_statements(uid)
-            statements.append(erasure_statement(uid, now, actor, "forget_user", rows))
-            cancelled = await wait_for_commit(self._store.submit(statements))
-            self._contexts.pop(uid, None)
-            self._encoded.pop(uid, None)
-            self._fresh.pop(uid, None)
-            self._last_memory.pop(uid, None)
-            self._saver.mark_dirty()
+            stored = self._cache.get(uid) is not None
+            known = stored or bool(ids) or bool(versions)
+            return Draft(forget_user=True, erasure=("forget_user", len(ids) + versions + stored))
+
+        async with self._locks.hold(uid):
+            _, cancelled = await self._change_anyway(uid, build, actor)
             cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
             audit.info(
                 "erasure: forgot user %s (%d memories, %d versions) at the request of %s",
-                uid, len(ids), versions, actor,
+                uid,
+                len(ids),
+                versions,
+                actor,
             )
         await self._after_erasure(cancelled, snapshot=True)
         return known
@@ -723,54 +709,57 @@ class MemorySystem:
         cancelled meanwhile, though it all applied; the context changed, so the snapshot
         quotes what was forgotten)."""
         target = target or ErasureTarget.of(memories, sources)
-        now = datetime.now(UTC)
-        statements = forget_memories_statements([m.id for m in memories])
-        # Only exchanges are quoted in contexts. States older than the oldest forgotten
-        # exchange cannot quote it; a bare source's exchange can be anywhere in the history.
-        redactions: list[tuple[int, str]] = []
-        if sources or target.anywhere or target.earliest is not None:
-            since = target.earliest if memories and not target.anywhere else None
-            entries = await self._store.history_since(uid, since)
-            if compact_before is not None:  # those are deleted below, not rewritten
-                entries = [e for e in entries if e.at >= compact_before]
-            redactions = redacted_states(entries, target)
-        statements += [redact_history_statement(uid, version, state) for version, state in redactions]
-        old = self._contexts.get(uid)
-        kept = without_exchanges(old, target) if old is not None else None
-        new = None
-        if old is not None and kept is not None:
-            new = old.copy_with(recent=kept, version=old.version + 1)
-            change = {"op": "forget", "request": request, "memories": len(memories)}
-            encoded = new.to_json()
-            statements += context_statements(new, encoded.decode(), now, actor, change)
-        current = new or old
-        if compact_before is not None and current is not None:
-            statements.append(compact_history_statement(uid, compact_before, current.version))
-        redacted = len(redactions)
-        statements.append(erasure_statement(uid, now, actor, request, len(memories) + redacted))
-        cancelled = await wait_for_commit(self._store.submit(statements))
-        if new is not None:
-            self._install(new, encoded)
-        self._last_memory.pop(uid, None)
+
+        async def build(old: UserContext) -> Draft:
+            # Only exchanges are quoted in contexts. States older than the oldest forgotten
+            # exchange cannot quote it; a bare source's exchange can be anywhere in the history.
+            redactions: list[tuple[int, str]] = []
+            if sources or target.anywhere or target.earliest is not None:
+                since = target.earliest if memories and not target.anywhere else None
+                entries = await self._store.history_since(uid, since)
+                if compact_before is not None:  # those are deleted below, not rewritten
+                    entries = [e for e in entries if e.at >= compact_before]
+                redactions = redacted_states(entries, target)
+            stored = self._cache.get(uid)
+            kept = without_exchanges(stored, target) if stored is not None else None
+            new = change = None
+            if stored is not None and kept is not None:
+                new = stored.copy_with(recent=kept, version=stored.version + 1)
+                change = {"op": "forget", "request": request, "memories": len(memories)}
+            return Draft(
+                new,
+                change,
+                forget_ids=tuple(m.id for m in memories),
+                redactions=tuple(redactions),
+                compact_before=compact_before if stored is not None else None,
+                erasure=(request, len(memories) + len(redactions)),
+            )
+
+        draft, cancelled = await self._change_anyway(uid, build, actor)
+        assert draft is not None
+        redacted = len(draft.redactions)
+        self._cache.last_memory.pop(uid, None)
         cancelled = await wait_for_commit(self._semantic.forget([m.id for m in memories])) or cancelled
         audit.info(
             "erasure: %s of user %s (%d memories, %d stored states redacted) at the request of %s",
-            request, uid, len(memories), redacted, actor,
+            request,
+            uid,
+            len(memories),
+            redacted,
+            actor,
         )
-        return cancelled, new is not None
+        return cancelled, draft.new is not None
 
     async def _after_erasure(self, cancelled: bool, *, snapshot: bool = False) -> None:
         """Outside the user lock: purge the deleted rows from the files, and rewrite the snapshot
         when it quoted what was forgotten; then the caller's own cancellation, if any."""
         cancelled = await wait_for_commit(self._store.purge_erased()) or cancelled
-        if snapshot:
+        if snapshot and self._saver is not None:
             cancelled = await wait_for_commit(self._saver.flush()) or cancelled
         if cancelled:
             raise asyncio.CancelledError
 
-    async def forget_scope(
-        self, scope: str, *, user_id: str | int | None = None, actor: str = "api"
-    ) -> int:
+    async def forget_scope(self, scope: str, *, user_id: str | int | None = None, actor: str = "api") -> int:
         """Forget what was said in ``scope`` (of one user, or of everyone: e.g. a guild the bot
         left): memories and exchanges, everywhere a forget reaches. Returns the memories gone."""
         self._require_running()
@@ -780,7 +769,7 @@ class MemorySystem:
         users = {m.user_id for m in await self._store.memories_in_scope(scope, only)}
         users.update(
             uid
-            for uid, ctx in self._contexts.items()
+            for uid, ctx in self._cache.contexts.items()
             if (only is None or uid == only) and any(e.visible_scope == scope for e in ctx.recent)
         )
         forgotten = 0
@@ -806,7 +795,8 @@ class MemorySystem:
         old = await self._store.memories_before(cutoff, ("exchange",))
         users = {m.user_id for m in old}
         users.update(await self._store.users_with_history_before(cutoff))
-        users.update(uid for uid, ctx in self._contexts.items() if any(e.at < cutoff for e in ctx.recent))
+        contexts = self._cache.contexts.items()
+        users.update(uid for uid, ctx in contexts if any(e.at < cutoff for e in ctx.recent))
         pruned = 0
         cancelled = changed = False
         for uid in sorted(users):
@@ -855,48 +845,50 @@ class MemorySystem:
     ) -> tuple[bool, bool, list[Memory]]:
         """Under the user's lock: rewrite ``memories`` and the exchanges quoting them, one unit."""
         target = ErasureTarget.of(memories, (source,))
-        now = datetime.now(UTC)
-        old = self._contexts.get(uid)
-        quoted = {e.memory_id: e for e in old.recent if e.memory_id is not None} if old else {}
-        edited = [
-            dataclasses.replace(
-                m,
-                text=edited_exchange_text(m.text, message, quoted.get(m.id))
-                if m.kind == "exchange"
-                else message,
+        done: list[Memory] = []
+
+        async def build(current: UserContext) -> Draft:
+            old = self._cache.get(uid)
+            quoted = {e.memory_id: e for e in old.recent if e.memory_id is not None} if old else {}
+            edited = [
+                dataclasses.replace(
+                    m,
+                    text=edited_exchange_text(m.text, message, quoted.get(m.id))
+                    if m.kind == "exchange"
+                    else message,
+                )
+                for m in memories
+            ]
+            edited = [m for m, old_m in zip(edited, memories, strict=True) if m.text != old_m.text]
+            done[:] = edited
+            links = await self._store.session_neighbours([m.id for m in edited])
+            rows = await self._store.memories_by_id(
+                sorted({n for pair in links.values() for n in pair if n is not None})
             )
-            for m in memories
-        ]
-        edited = [m for m, old_m in zip(edited, memories, strict=True) if m.text != old_m.text]
-        statements: list[Statement] = []
-        links = await self._store.session_neighbours([m.id for m in edited])
-        rows = await self._store.memories_by_id(
-            sorted({n for pair in links.values() for n in pair if n is not None})
-        )
-        for memory in edited:
-            prev_id, next_id = links.get(memory.id, (None, None))
-            previous = rows.get(prev_id) if prev_id is not None else None
-            body, _ = lexical_document(memory, previous)
-            following = rows.get(next_id) if next_id is not None else None
-            after = [] if following is None else [(following.id, lexical_document(following, memory)[1])]
-            statements += edit_memory_statements(memory, body, after)
-        redactions = redacted_states(await self._store.history_since(uid, None), target, message)
-        statements += [redact_history_statement(uid, version, state) for version, state in redactions]
-        new = None
-        rewritten = edited_exchanges(old, target, message) if old is not None else None
-        if old is not None and rewritten is not None:
-            new = old.copy_with(recent=rewritten, version=old.version + 1)
-            change = {"op": "edit", "memories": len(edited)}
-            encoded = new.to_json()
-            statements += context_statements(new, encoded.decode(), now, actor, change)
-        cancelled = await wait_for_commit(self._store.submit(statements))
-        if new is not None:
-            self._install(new, encoded)
-        self._last_memory.pop(uid, None)
+            edits: list[MemoryEdit] = []
+            for memory in edited:
+                prev_id, next_id = links.get(memory.id, (None, None))
+                previous = rows.get(prev_id) if prev_id is not None else None
+                body, _ = lexical_document(memory, previous)
+                following = rows.get(next_id) if next_id is not None else None
+                after = () if following is None else ((following.id, lexical_document(following, memory)[1]),)
+                edits.append(MemoryEdit(memory, body, after))
+            redactions = redacted_states(await self._store.history_since(uid, None), target, message)
+            new = change = None
+            rewritten = edited_exchanges(old, target, message) if old is not None else None
+            if old is not None and rewritten is not None:
+                new = old.copy_with(recent=rewritten, version=old.version + 1)
+                change = {"op": "edit", "memories": len(edited)}
+            return Draft(new, change, edits=tuple(edits), redactions=tuple(redactions))
+
+        draft, cancelled = await self._change_anyway(uid, build, actor)
+        assert draft is not None
+        edited = done
+        self._cache.last_memory.pop(uid, None)
         ids = [m.id for m in edited]
         cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
         self._semantic.committed(edited)  # embedded again from the new text
-        return cancelled, new is not None, edited
+        return cancelled, draft.new is not None, edited
 
     async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
         """The erasure log (every forget: who, when, what kind, how many rows; no content)."""
@@ -938,7 +930,8 @@ class MemorySystem:
         self._require_running()
         uid = validation.user_id(user_id)
         async with self._locks.hold(uid):
-            context = self._contexts.get(uid)
+            await self._cache.fresh(uid)
+            context = self._cache.get(uid)
             history = await self._store.history(uid)
             memories = await self._store.memories(uid)
         if context is None and not memories:
@@ -957,19 +950,23 @@ class MemorySystem:
         actor = validation.actor(actor)
         document = read_import(data, self.settings.limits, datetime.now(UTC))
         uid = document.user_id
-        async with self._locks.hold(uid):
+
+        async def build(fresh: UserContext) -> Draft | None:
             memories, ids = await self._imported_memories(document)
-            current = self._contexts.get(uid)
+            current = self._cache.get(uid)
             imported = None if document.context is None else with_memory_ids(document.context, ids)
             version = current.version if current else 0
             if imported is not None and imported.copy_with(version=version) != current:
                 new = imported.copy_with(version=version + 1)
-                change = {"op": "import", "memories": len(memories)}
-                await self._commit(new, datetime.now(UTC), actor, change, memories)
-                return new
-            if memories:
-                await self._commit_memories(memories)
-        return current if imported is not None else None
+                return Draft(new, {"op": "import", "memories": len(memories)}, memories)
+            return Draft(memories=memories) if memories else None
+
+        async with self._locks.hold(uid):
+            draft = await self._change(uid, build, actor)
+            if draft is not None and draft.new is not None:
+                return draft.new
+            current = self._cache.get(uid)
+        return current if document.context is not None else None
 
     async def _imported_memories(self, document: ImportDocument) -> tuple[list[Memory], dict[int, int]]:
         """Under the user lock: new memories for the export's entries the user does not have
@@ -977,7 +974,7 @@ class MemorySystem:
         fresh, ids = document.match(await self._store.memories(document.user_id))
         memories = []
         for m in fresh:
-            memory = self._new_memory(
+            memory = await self._new_memory(
                 document.user_id, m.text, m.kind, m.created_at, m.metadata, m.source_id, m.scope
             )
             memories.append(memory)
@@ -1001,12 +998,14 @@ class MemorySystem:
             self._require_running()
         return {
             **self.health(),
-            "users": len(self._contexts),
+            "users": len(self._cache.contexts),
             "memories": await self._store.count("memories"),
             "history_rows": await self._store.count("context_history"),
-            **self._saver.stats(),
-            **self._store.writer_stats(),
-            **await self._store.wal_stats(),
+            **(self._saver.stats() if self._saver is not None else {}),
+            **self._store.stats(),
+            "conflicts": self._changes.conflicts,
+            "context_reloads": self._cache.reloads,
+            **(await self._store.wal_stats() if isinstance(self._store, SqliteStore) else {}),
             **self._locks.stats(),
             **await self._semantic.stats(),
             "startup": self.report.to_dict() if self.report else None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from memory.sqlite_connection import sqlite3
+from memory.storage.sqlite_connection import sqlite3
 
 
 @contextmanager

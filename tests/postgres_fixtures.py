@@ -77,5 +77,7 @@ def postgres_url(make_postgres_database: Callable[[], str]) -> str:
 
 @pytest.fixture
 def restart_postgres(postgres_cluster: LocalCluster) -> Callable[[], None]:
-    """Crash the session's server (``-m immediate``) and start it again: for durability tests."""
+    """Crash the session's server (``-m immediate``) and start it again: for durability tests.
+    It blocks for a second or more; mid-stream, ``await asyncio.to_thread(restart_postgres)``
+    keeps the test's clients running while the server goes down."""
     return lambda: crash_restart(postgres_cluster)

@@ -14,7 +14,7 @@ import pytest
 
 from memory import MemorySystem
 from memory.admin import build_parser, main
-from memory.sqlite_connection import sqlite3
+from memory.storage.sqlite_connection import sqlite3
 from tests.admin_fixtures import (
     Cli,
     hashing_settings,

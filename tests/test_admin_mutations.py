@@ -13,7 +13,7 @@ import pytest
 
 from memory.lexical import user_terms
 from memory.snapshot import read_snapshot
-from memory.sqlite_connection import sqlite3
+from memory.storage.sqlite_connection import sqlite3
 from tests.admin_fixtures import (
     HASHING_CONFIG,
     REPO,

@@ -159,7 +159,11 @@ def test_after_forget_user_and_kill_9_the_restart_drops_the_vectors_from_the_fil
     gone = asyncio.run(populate())
     proc = subprocess.Popen(
         [PYTHON, "-m", "tests.erasure_worker", str(data_dir), "gone"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None

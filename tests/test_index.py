@@ -116,8 +116,10 @@ async def test_changing_the_model_re_embeds_every_memory(
         assert ms.report is not None
         assert any("re-embedding" in note for note in ms.report.notes)
         assert ms.report.embeddings_pending == 8
+        # A retrieve waits for the asking user's own memories only: ask as both users.
         results = await ms.retrieve_memory("alice", "garden tomatoes")
-        assert results and (await ms.stats())["index_vectors"] == 8
+        assert results and await ms.retrieve_memory("bob", "garden tomatoes")
+        assert (await ms.stats())["index_vectors"] == 8
 
 
 @pytest.mark.parametrize("count", [7, SCORE_ALL_LIMIT + 5])

@@ -17,7 +17,7 @@ from bot.responder import TemplateResponder
 from memory import InvalidInputError, MemorySystem, StorageError
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, query_terms, words
 from memory.recovery import DB_NAME
-from memory.store import SqliteStore
+from memory.storage.sqlite import SqliteStore
 from tests.conftest import ROOT, subprocess_env
 from tests.test_console import chat
 

@@ -11,8 +11,8 @@ from memory import MemorySystem
 from memory import lexical as lexical_module
 from memory.lexical import read_varint, user_bm25, user_terms, words
 from memory.recovery import DB_NAME
-from memory.sqlite_connection import sqlite3
-from memory.store import SqliteStore
+from memory.storage.sqlite import SqliteStore
+from memory.storage.sqlite_connection import sqlite3
 
 DOCS = [
     "my sister Ana moved to Lisbon last spring",

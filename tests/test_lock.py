@@ -17,7 +17,14 @@ PYPROJECT = ROOT / "pyproject.toml"
 LOCK = ROOT / "requirements" / "lock.txt"
 ONNX_LOCK = ROOT / "requirements" / "lock-onnx.txt"
 DEV_TOOLS = (
-    "ruff", "mypy", "pytest", "pytest-asyncio", "pytest-timeout", "hypothesis", "dpytest", "types-aiofiles",
+    "ruff",
+    "mypy",
+    "pytest",
+    "pytest-asyncio",
+    "pytest-timeout",
+    "hypothesis",
+    "dpytest",
+    "types-aiofiles",
 )
 
 
@@ -124,8 +131,10 @@ def test_the_lock_parser_reads_pins_reasons_python_and_extras() -> None:
     )
     assert parse_lock(text) == Lock(
         pins={"discord-py": "2.7.1", "yarl": "1.25.1"},
-        via={"discord-py": frozenset({"memory-bot (pyproject.toml)"}),
-             "yarl": frozenset({"aiohttp", "memory-bot (pyproject.toml)"})},
+        via={
+            "discord-py": frozenset({"memory-bot (pyproject.toml)"}),
+            "yarl": frozenset({"aiohttp", "memory-bot (pyproject.toml)"}),
+        },
         python="3.11",
         extras=frozenset({"dev"}),
     )

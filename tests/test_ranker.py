@@ -66,8 +66,10 @@ def test_the_weights_file_is_package_data() -> None:
     ("content", "message"),
     [
         ("{not json", r"cannot read the reranker's weights .*broken\.json"),
-        ('{"format": 1, "features": ["fused"], "mean": [0], "scale": [1], "weights": [1], "bias": 0}',
-         r"do not match this version's features"),
+        (
+            '{"format": 1, "features": ["fused"], "mean": [0], "scale": [1], "weights": [1], "bias": 0}',
+            r"do not match this version's features",
+        ),
     ],
 )
 def test_a_damaged_or_stale_weights_file_says_what_to_do(tmp_path: Path, content: str, message: str) -> None:

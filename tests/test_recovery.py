@@ -11,8 +11,8 @@ import pytest
 from memory import MemorySystem, StorageError
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
 from memory.snapshot import read_snapshot
-from memory.sqlite_connection import sqlite3
-from memory.store import SqliteStore
+from memory.storage.sqlite import SqliteStore
+from memory.storage.sqlite_connection import sqlite3
 
 
 async def _populate(make_system: Callable[..., MemorySystem], data_dir: Path) -> None:

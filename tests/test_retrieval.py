@@ -16,7 +16,7 @@ from memory import HashingEncoder, MemoryNotFoundError, MemorySystem
 from memory.lexical import query_terms, user_key, user_terms
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
 from memory.snapshot import read_snapshot
-from memory.sqlite_connection import sqlite3
+from memory.storage.sqlite_connection import sqlite3
 from tests.conftest import test_settings
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from memory import InvalidInputError, MemorySystem
 from memory.index import SCORE_ALL_LIMIT, PerUserIndex
-from memory.store import SqliteStore
+from memory.storage.sqlite import SqliteStore
 from tests.test_erasure import folder_bytes
 from tests.test_store import make_v1_database
 

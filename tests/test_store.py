@@ -9,8 +9,9 @@ import pytest
 
 from memory import StorageError
 from memory.lexical import user_terms
-from memory.sqlite_connection import sqlite3
-from memory.store import MIGRATIONS, SCHEMA_VERSION, SqliteStore, migrate, owner_token
+from memory.storage.sqlite import SqliteStore
+from memory.storage.sqlite_connection import sqlite3
+from memory.storage.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, migrate, owner_token
 
 
 def make_v1_database(path: Path, user_id: str, text: str, created_at: str) -> None:
@@ -54,7 +55,7 @@ async def test_concurrent_units_are_committed_in_groups(tmp_path: Path) -> None:
             for i in range(300)
         ]
         await asyncio.gather(*(store.commit(s) for s in statements))
-        stats = store.writer_stats()
+        stats = store.stats()
         assert stats["units"] == 300
         assert stats["batches"] < 300 and stats["largest_batch"] > 1
         assert await store.count("contexts") == 300

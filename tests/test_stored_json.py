@@ -13,7 +13,7 @@ from memory import DataDamagedError, MemorySystem
 from memory.inspector import Inspector
 from memory.recovery import DB_NAME, SNAPSHOT_NAME
 from memory.snapshot import read_snapshot
-from memory.sqlite_connection import sqlite3
+from memory.storage.sqlite_connection import sqlite3
 from tests.admin_fixtures import hashing_settings
 from tests.file_faults import flip_bit_in_table
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from memory import MemorySystem
 from memory.context import Exchange, UserContext
-from memory.store import SqliteStore, context_statements
+from memory.storage.protocol import ContextWrite, Unit
+from memory.storage.sqlite import SqliteStore
 
 WRITERS = 12
 WRITES_PER_WRITER = 250
@@ -36,7 +37,8 @@ async def test_sustained_writer_keeps_the_wal_under_its_bound(tmp_path: Path) ->
         for version in range(1, WRITES_PER_WRITER + 1):
             now = datetime.now(UTC)
             ctx = _context(f"user-{n}", version, now)
-            await store.commit(context_statements(ctx, ctx.to_json().decode(), now, "test", {"op": "write"}))
+            write = ContextWrite(ctx, ctx.to_json().decode(), now, "test", {"op": "write"})
+            await store.submit(Unit(ctx.user_id, version - 1, write))
             peak = max(peak, store.wal_path.stat().st_size if store.wal_path.exists() else 0)
 
     try:

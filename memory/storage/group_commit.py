@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 from memory.errors import BackgroundTaskError, StorageError, SystemClosedError
 from memory.locks import LockLevel, OrderedLock
-from memory.sqlite_connection import AsyncConnection, sqlite3
+from memory.storage.sqlite_connection import AsyncConnection, sqlite3
 from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,6 @@ Statement: TypeAlias = tuple[str, Sequence[Any]]
 # What binding or running a statement can raise; anything else is a bug and propagates.
 YIELDS_BEFORE_DRAIN = 3
 DB_ERRORS = (sqlite3.Error, ValueError, TypeError, OverflowError)
-
 
 
 def _apply_in_one_transaction(db: sqlite3.Connection, groups: list[tuple[str, list[Sequence[Any]]]]) -> None:
@@ -51,9 +50,7 @@ class _Unit:
 
 
 class GroupCommitWriter:
-    def __init__(
-        self, conn: AsyncConnection, path: str, max_batch: int, supervisor: Supervisor
-    ) -> None:
+    def __init__(self, conn: AsyncConnection, path: str, max_batch: int, supervisor: Supervisor) -> None:
         self._conn = conn
         self._supervisor = supervisor
         self._path = path

@@ -1,17 +1,17 @@
-"""SQLite, the source of truth: schema and migrations, reads, and the writes as statements.
+"""SQLite, the embedded backend: one process owns the files (a folder lock, see ownership.py).
 
-All SQL of the project lives here. Writes are built as statement lists and committed by the
-group-commit writer; reads use a second connection, which in WAL mode never blocks on it.
+Writes arrive as units of the storage protocol, become statement lists (sqlite_units.py) and
+are committed by the group-commit writer; reads use a second connection, which in WAL mode never
+blocks on it. A unit never conflicts here: the owner's user locks already order every change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import os
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,286 +20,38 @@ import aiofiles.os
 import orjson
 
 from memory.coalesce import Coalesced
-from memory.context import PRIVATE_SCOPE, UserContext, freeze_json, parse_stored_json, parse_time, stored_row
-from memory.errors import DataDamagedError, StorageError, SystemClosedError
-from memory.group_commit import GroupCommitWriter, Statement
-from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25, user_terms
+from memory.context import UserContext, freeze_json, parse_stored_json, parse_time, stored_row
+from memory.errors import StorageError, SystemClosedError
+from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25
 from memory.records import ErasureRecord, HistoryEntry, Memory
-from memory.sqlite_connection import AsyncConnection, sqlite3
+from memory.storage.group_commit import GroupCommitWriter, Statement
+from memory.storage.protocol import COMMITTED, ChangeListener, Outcome, Unit
+from memory.storage.sqlite_connection import AsyncConnection, sqlite3
+from memory.storage.sqlite_errors import (
+    _NO_ACCESS,
+    _wal_readable_as_is,
+    access_problem,
+    damaged_database,
+    database_error,
+    primary_code,
+)
+from memory.storage.sqlite_schema import FTS_SECURE_DELETE, migrate
+from memory.storage.sqlite_units import model_change_statements, unit_statements
 from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
 
-Migration = Callable[[sqlite3.Connection], None]
 CHECKPOINT_INTERVAL = 1.0
 # PASSIVE checkpoints never rewind a WAL that is always being written (it reached 690 MiB beside a
 # 105 MiB database under a 12-task writer): past this size the checkpointer runs a TRUNCATE one
 # between two commits, and journal_size_limit trims the file whenever SQLite rewinds it.
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 TRUNCATE_BUSY_MS = 100
-# FTS5 looks a term up once per index segment: merging whenever 2 segments share a level, and
-# a bounded merge step after writes (at most a few ms of the writer), keeps searches at 1-3.
-FTS_USERMERGE = 2
 FTS_MERGE_STEP = "INSERT INTO memories_fts (memories_fts, rank) VALUES ('merge', 64)"
-# A deleted row stays in FTS5's segments as a tombstone until they are merged; from SQLite 3.44
-# the 'secure-delete' option removes it at once, before that only a full merge does.
-FTS_SECURE_DELETE = sqlite3.sqlite_version_info >= (3, 44, 0)
 FTS_OPTIMIZE = "INSERT INTO memories_fts (memories_fts) VALUES ('optimize')"
 CACHE_KIB = 65_536
 TRUNCATE_ATTEMPTS = 50
 TRUNCATE_RETRY_SECONDS = 0.05
-
-
-def _script(db: sqlite3.Connection, script: str) -> None:
-    # Not executescript: it would COMMIT the migration's open transaction first.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def _v1_core(db: sqlite3.Connection) -> None:
-    _script(
-        db,
-        """
-        CREATE TABLE contexts (
-            user_id TEXT PRIMARY KEY,
-            version INTEGER NOT NULL,
-            data TEXT NOT NULL
-        ) WITHOUT ROWID;
-        CREATE TABLE context_history (
-            user_id TEXT NOT NULL,
-            version INTEGER NOT NULL,
-            at TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            change TEXT NOT NULL,
-            state TEXT NOT NULL,
-            PRIMARY KEY (user_id, version)
-        ) WITHOUT ROWID;
-        CREATE TABLE memories (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            user_id TEXT NOT NULL,
-            text TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            metadata TEXT NOT NULL DEFAULT '{}',
-            created_at TEXT NOT NULL,
-            source_id TEXT,
-            session_prev INTEGER,
-            embedding BLOB
-        );
-        CREATE INDEX memories_by_session_prev ON memories (session_prev) WHERE session_prev IS NOT NULL;
-        CREATE INDEX memories_by_user ON memories (user_id, id);
-        CREATE INDEX memories_by_source ON memories (source_id) WHERE source_id IS NOT NULL;
-        CREATE INDEX memories_unembedded ON memories (id) WHERE embedding IS NULL;
-        """,
-    )
-
-
-def _v2_fts(db: sqlite3.Connection) -> None:
-    # The owner column holds a token made from the user id, so MATCH itself scopes a search
-    # to one user (fast); the join on memories.user_id then makes isolation exact.
-    _script(
-        db,
-        """
-        CREATE VIRTUAL TABLE memories_fts USING fts5(
-            owner, body, context, tokenize = 'porter unicode61 remove_diacritics 2'
-        );
-        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID
-        """,
-    )
-    rows = db.execute("SELECT id, user_id, text FROM memories").fetchall()
-    db.executemany(
-        "INSERT INTO memories_fts (rowid, owner, body, context) VALUES (?, ?, ?, '')",
-        [(mid, owner_token(uid), body) for mid, uid, body in rows],
-    )
-
-
-def _v3_user_terms(db: sqlite3.Connection) -> None:
-    # Every word becomes a term of its user's own (memory/lexical.py): a search reads only the
-    # user's posting lists. The stored body and context are re-tokenised, so each memory keeps
-    # the previous turn it was indexed with even if that turn was forgotten since.
-    db.create_function("user_terms", 2, user_terms, deterministic=True)
-    _script(
-        db,
-        f"""
-        CREATE VIRTUAL TABLE memories_terms USING fts5(body, context, tokenize = 'porter ascii');
-        INSERT INTO memories_terms (rowid, body, context)
-            SELECT f.rowid, user_terms(m.user_id, f.body), user_terms(m.user_id, f.context)
-            FROM memories_fts f JOIN memories m ON m.id = f.rowid;
-        DROP TABLE memories_fts;
-        ALTER TABLE memories_terms RENAME TO memories_fts;
-        INSERT INTO memories_fts (memories_fts, rank) VALUES ('usermerge', {FTS_USERMERGE});
-        INSERT INTO memories_fts (memories_fts) VALUES ('optimize')
-        """,
-    )
-
-
-def _v4_erasure(db: sqlite3.Connection) -> None:
-    # The erasure log outlives what it records (no content, only who, when, what, how many),
-    # and the database id ties the index file to this database (a copied or rebuilt database
-    # gets a new one, so an index made for another is never trusted by its ids).
-    _script(
-        db,
-        """
-        CREATE TABLE erasures (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            user_id TEXT NOT NULL,
-            at TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            request TEXT NOT NULL,
-            rows INTEGER NOT NULL
-        );
-        CREATE INDEX erasures_by_user ON erasures (user_id, id)
-        """,
-    )
-    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('database_id', ?)", (uuid.uuid4().hex,))
-
-
-def _v5_scopes(db: sqlite3.Connection) -> None:
-    # Where each memory was said (privacy scopes, issue 11). Rows from before have no known
-    # origin: they get the most private scope, 'dm', so they are never shown in a guild and
-    # stay usable where everything of the person is (their DMs).
-    _script(
-        db,
-        f"""
-        ALTER TABLE memories ADD COLUMN scope TEXT NOT NULL DEFAULT '{PRIVATE_SCOPE}';
-        CREATE INDEX memories_by_user_scope ON memories (user_id, scope, id)
-        """,
-    )
-
-
-MIGRATIONS: tuple[Migration, ...] = (_v1_core, _v2_fts, _v3_user_terms, _v4_erasure, _v5_scopes)
-SCHEMA_VERSION = len(MIGRATIONS)
-ERASURE_SCHEMA = 4  # the first schema with the erasure log
-
-
-@functools.lru_cache(maxsize=65_536)
-def owner_token(user_id: str) -> str:
-    """One FTS5 token per user id that no other id shares (the owner column of schema v2)."""
-    return "u" + "".join(f"{byte:03d}" for byte in user_id.encode())
-
-
-def migrate(db: sqlite3.Connection, path: Path) -> list[int]:
-    """Bring the schema forward; returns the versions applied."""
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    current = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise StorageError(
-            f"database {path} has schema version {current}, newer than this program's "
-            f"{SCHEMA_VERSION}; upgrade memory-bot to open it",
-            path,
-        )
-    applied = []
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        db.execute("BEGIN")
-        try:
-            MIGRATIONS[version - 1](db)
-            db.execute("INSERT INTO schema_version VALUES (?, datetime('now'))", (version,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        applied.append(version)
-    if FTS_SECURE_DELETE:
-        # A table setting, kept in the file: deletes remove their terms at once from now on
-        # (such a table is no longer readable by an SQLite older than 3.44).
-        db.execute("INSERT INTO memories_fts (memories_fts, rank) VALUES ('secure-delete', 1)")
-        db.commit()
-    return applied
-
-
-def damaged_database(path: Path, cause: object, snapshot: Path | None = None) -> DataDamagedError:
-    """Only for corruption (see ``database_error``): this advice gives up the file."""
-    restore = (
-        f"the contexts can be rebuilt from the snapshot {snapshot}: stop the bot, move {path} "
-        f"and its -wal and -shm files aside, and start again"
-        if snapshot is not None
-        else "restore it from a backup"
-    )
-    return DataDamagedError(
-        f"database {path} is damaged ({cause}); {restore}. Memories live only in the database: "
-        "keep the damaged file, `sqlite3 FILE .recover` may save them",
-        path,
-    )
-
-
-# Primary result codes (the low byte of an extended one) that mean the file itself is corrupt.
-_CORRUPTION = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
-_NO_ACCESS = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM})
-_LOCKED = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-
-
-def primary_code(exc: sqlite3.Error) -> int | None:
-    """SQLite's primary result code of ``exc`` (Python 3.11+ attaches it), None if it has none."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF if isinstance(code, int) else None
-
-
-def access_problem(path: Path) -> str | None:
-    """Why this process cannot write the database's folder or files, if it cannot."""
-    folder = path.parent
-    try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return f"the folder {folder} is on a read-only filesystem"
-    except OSError as exc:
-        return f"the folder {folder} cannot be read ({exc.strerror or exc})"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return (
-            f"the folder {folder} is not writable by this user (SQLite creates {path.name}-wal "
-            f"and {path.name}-shm beside the database)"
-        )
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        if file.exists() and not os.access(file, os.R_OK | os.W_OK):
-            return f"{file} is not readable and writable by this user"
-    return None
-
-
-def database_error(path: Path, exc: sqlite3.Error, snapshot: Path | None = None) -> StorageError:
-    """What went wrong with ``path``, named for what it is: only corruption is called damage."""
-    code = primary_code(exc)
-    if code in _CORRUPTION:
-        return damaged_database(path, exc, snapshot)
-    nothing_lost = "nothing is damaged"
-    if code in _NO_ACCESS:
-        why = access_problem(path)
-        fix = "Make the folder and its files writable by the bot's user"
-        if why is not None and not _wal_readable_as_is(path):
-            fix += (
-                f", or copy the folder somewhere writable to read it: {path.name}-wal holds changes "
-                f"that SQLite reads only through a {path.name}-shm file it must create"
-            )
-        else:
-            fix += " (memory-admin's read commands read a read-only folder as it is)"
-        return StorageError(
-            f"database {path} cannot be opened or written ({exc}): "
-            f"{why or 'the file or its folder is read-only or not accessible'}; {nothing_lost}. {fix}",
-            path,
-        )
-    if code in _LOCKED:
-        return StorageError(
-            f"database {path} is locked by another connection ({exc}); {nothing_lost}. Wait for "
-            "it or stop the other process, then try again",
-            path,
-        )
-    if code == sqlite3.SQLITE_FULL:
-        return StorageError(f"database {path}: the disk is full ({exc}); free space, then retry", path)
-    if code == sqlite3.SQLITE_IOERR:
-        return StorageError(
-            f"database {path}: the operating system reported an I/O error ({exc}); check the disk "
-            "and the filesystem, then retry",
-            path,
-        )
-    return StorageError(f"could not use the database {path}: {exc}", path)
-
-
-def _wal_readable_as_is(path: Path) -> bool:
-    """Whether the database may be read as an immutable file: nothing waits in its WAL."""
-    wal = path.with_name(path.name + "-wal")
-    try:
-        return wal.stat().st_size == 0
-    except FileNotFoundError:
-        return True
 
 
 class SqliteStore:
@@ -334,6 +86,7 @@ class SqliteStore:
         self._writer: GroupCommitWriter | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._purge = Coalesced(self._purge_now)
+        self._next_id: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -358,6 +111,7 @@ class SqliteStore:
                 await self._check_integrity(self._write_conn)
             applied = await self._write_conn.run(migrate, self.path)
             self._read_conn = await self._connect(str(self.path))
+            self._next_id = await self.next_memory_id()
         except sqlite3.DatabaseError as exc:
             await self.close()
             raise database_error(self.path, exc) from exc
@@ -494,13 +248,64 @@ class SqliteStore:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def submit(self, statements: Sequence[Statement]) -> asyncio.Future[None]:
+    @property
+    def shared(self) -> bool:
+        return False
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def listen(self, listener: ChangeListener) -> None:
+        """No other process writes these files: nothing to be told."""
+
+    def submit(self, unit: Unit) -> asyncio.Future[Outcome]:
+        """Queue ``unit``; it resolves to committed (never to a conflict: see the module)."""
+        return self._submit_statements(unit_statements(unit))
+
+    def _submit_statements(self, statements: Sequence[Statement]) -> asyncio.Future[Outcome]:
         if self._writer is None:
             raise SystemClosedError(f"the database {self.path} is not open for writing")
-        return self._writer.submit(statements)
+        done = self._writer.submit(statements)
+        outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+        def resolve(future: asyncio.Future[None]) -> None:
+            if outcome.done():
+                return
+            if future.cancelled():
+                outcome.cancel()
+            elif (error := future.exception()) is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(COMMITTED)
+
+        done.add_done_callback(resolve)
+        return outcome
 
     async def commit(self, statements: Sequence[Statement]) -> None:
-        await self.submit(statements)
+        """Statements of the store's own upkeep (merge steps, the model record)."""
+        if self._writer is None:
+            raise SystemClosedError(f"the database {self.path} is not open for writing")
+        await self._writer.submit(statements)
+
+    async def reserve_memory_ids(self, count: int) -> list[int]:
+        """Ids are handed out here, never reused, so a unit needs no RETURNING round trip."""
+        if self._next_id is None:
+            raise SystemClosedError(f"the database {self.path} is not open for writing")
+        first, self._next_id = self._next_id, self._next_id + count
+        return list(range(first, first + count))
+
+    async def set_embedding_model(self, model: str) -> None:
+        await self.commit(model_change_statements(model))
+
+    async def context_versions(self, user_ids: Sequence[str]) -> dict[str, int]:
+        if not user_ids:
+            return {}
+        rows = await self.fetch(
+            "SELECT user_id, version FROM contexts WHERE user_id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(list(user_ids)).decode(),),
+        )
+        return {r[0]: int(r[1]) for r in rows}
 
     async def purge_erased(self) -> None:
         """Make deleted rows leave the files: FTS5's tombstoned terms and the WAL's old frames.
@@ -529,7 +334,7 @@ class SqliteStore:
             self.path,
         )
 
-    def writer_stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int]:
         w = self._writer
         if w is None:
             return {"commit_queue": 0, "batches": 0, "units": 0, "largest_batch": 0}
@@ -554,6 +359,15 @@ class SqliteStore:
             if primary_code(exc) is None:  # e.g. a stored text that is not UTF-8
                 raise StorageError(f"could not read {self.path}: {exc}", self.path) from exc
             raise database_error(self.path, exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def consistent_reads(self) -> AsyncIterator[None]:
+        """One read transaction on the read connection (never written through)."""
+        await self.fetch("BEGIN")
+        try:
+            yield
+        finally:
+            await self.fetch("ROLLBACK")
 
     async def load_contexts(self) -> list[tuple[str, bytes]]:
         """Every stored context, as the JSON bytes it was written as (parse: ``stored_context``)."""
@@ -726,18 +540,6 @@ class SqliteStore:
         rows = await self.fetch("SELECT value FROM meta WHERE key = ?", (key,))
         return str(rows[0][0]) if rows else None
 
-    @staticmethod
-    def model_change_statements(model: str) -> list[Statement]:
-        """Record the embedding model; embeddings of another model are dropped to be remade."""
-        return [
-            ("UPDATE memories SET embedding = NULL WHERE embedding IS NOT NULL", ()),
-            (
-                "INSERT INTO meta (key, value) VALUES ('embedding_model', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (model,),
-            ),
-        ]
-
     async def embedded_ids(self) -> list[tuple[int, str]]:
         rows = await self.fetch("SELECT id, user_id FROM memories WHERE embedding IS NOT NULL")
         return [(r[0], r[1]) for r in rows]
@@ -893,22 +695,6 @@ def memory_from_row(row: sqlite3.Row | tuple[Any, ...], path: Path) -> Memory:
         )
 
 
-# -- statements the writer commits ---------------------------------------------------------
-
-UPSERT_CONTEXT = (
-    "INSERT INTO contexts (user_id, version, data) VALUES (?, ?, ?)"
-    " ON CONFLICT (user_id) DO UPDATE SET version = excluded.version, data = excluded.data"
-)
-INSERT_HISTORY = (
-    "INSERT INTO context_history (user_id, version, at, actor, change, state) VALUES (?, ?, ?, ?, ?, ?)"
-)
-INSERT_MEMORY = (
-    "INSERT INTO memories (id, user_id, text, kind, metadata, created_at, source_id, session_prev, scope)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-INSERT_FTS = "INSERT INTO memories_fts (rowid, body, context) VALUES (?, ?, ?)"
-
-
 def _fts_phrase(term: str) -> str:
     return '"' + term.replace('"', '""') + '"'
 
@@ -944,116 +730,3 @@ def _lexical_sql(terms: int, with_kind: bool, with_scope: bool = False) -> str:
         + " WHERE memories_fts MATCH ?"
     )
     return head + "".join(branch.format(n=n) for n in range(terms))
-
-
-def context_statements(
-    ctx: UserContext, encoded: str, at: datetime, actor: str, change: dict[str, Any]
-) -> list[Statement]:
-    """Write the current state and append its history row (the state after the change)."""
-    return [
-        (UPSERT_CONTEXT, (ctx.user_id, ctx.version, encoded)),
-        (
-            INSERT_HISTORY,
-            (
-                ctx.user_id,
-                ctx.version,
-                at.isoformat(),
-                actor,
-                orjson.dumps(change).decode(),
-                encoded,
-            ),
-        ),
-    ]
-
-
-def memory_statements(memory: Memory, body: str, context: str, session_prev: int | None) -> list[Statement]:
-    return [
-        (
-            INSERT_MEMORY,
-            (
-                memory.id,
-                memory.user_id,
-                memory.text,
-                memory.kind,
-                orjson.dumps(memory.metadata, default=dict).decode(),
-                memory.created_at.isoformat(),
-                memory.source_id,
-                session_prev,
-                memory.scope,
-            ),
-        ),
-        (INSERT_FTS, (memory.id, user_terms(memory.user_id, body), user_terms(memory.user_id, context))),
-    ]
-
-
-def forget_memories_statements(memory_ids: Sequence[int]) -> list[Statement]:
-    """Delete memories; the next turn of each loses the words it was indexed with from it."""
-    statements: list[Statement] = []
-    for memory_id in memory_ids:
-        statements += [
-            (
-                "UPDATE memories_fts SET context = ''"
-                " WHERE rowid IN (SELECT id FROM memories WHERE session_prev = ?)",
-                (memory_id,),
-            ),
-            ("UPDATE memories SET session_prev = NULL WHERE session_prev = ?", (memory_id,)),
-            ("DELETE FROM memories_fts WHERE rowid = ?", (memory_id,)),
-            ("DELETE FROM memories WHERE id = ?", (memory_id,)),
-        ]
-    return statements
-
-
-def edit_memory_statements(
-    memory: Memory, body: str, following: Sequence[tuple[int, str]]
-) -> list[Statement]:
-    """Replace a memory's text and terms (its old embedding is dropped, to be remade), and the
-    context terms of the turns indexed with it as their previous one (``following``: id, terms)."""
-    statements: list[Statement] = [
-        ("UPDATE memories SET text = ?, embedding = NULL WHERE id = ?", (memory.text, memory.id)),
-        ("UPDATE memories_fts SET body = ? WHERE rowid = ?", (user_terms(memory.user_id, body), memory.id)),
-    ]
-    statements += [
-        ("UPDATE memories_fts SET context = ? WHERE rowid = ?", (user_terms(memory.user_id, context), mid))
-        for mid, context in following
-    ]
-    return statements
-
-
-def compact_history_statement(user_id: str, cutoff: datetime, keep_version: int) -> Statement:
-    """Drop the user's history states stored before ``cutoff`` (retention); ``keep_version``
-    (the current one) always stays, so the context can still be shown and restored."""
-    return (
-        "DELETE FROM context_history WHERE user_id = ? AND at < ? AND version <> ?",
-        (user_id, cutoff.isoformat(), keep_version),
-    )
-
-
-def redact_history_statement(user_id: str, version: int, state: str) -> Statement:
-    """Replace one stored history state (only ever to take a forgotten text out of it)."""
-    return (
-        "UPDATE context_history SET state = ? WHERE user_id = ? AND version = ?",
-        (state, user_id, version),
-    )
-
-
-def erasure_statement(user_id: str, at: datetime, actor: str, request: str, rows: int) -> Statement:
-    return (
-        "INSERT INTO erasures (user_id, at, actor, request, rows) VALUES (?, ?, ?, ?, ?)",
-        (user_id, at.isoformat(), actor, request, rows),
-    )
-
-
-def forget_user_statements(user_id: str) -> list[Statement]:
-    return [
-        (
-            "DELETE FROM memories_fts WHERE rowid IN (SELECT id FROM memories WHERE user_id = ?)",
-            (user_id,),
-        ),
-        ("DELETE FROM memories WHERE user_id = ?", (user_id,)),
-        ("DELETE FROM context_history WHERE user_id = ?", (user_id,)),
-        ("DELETE FROM contexts WHERE user_id = ?", (user_id,)),
-    ]
-
-
-def embedding_statement(memory_id: int, vector: bytes) -> Statement:
-    return ("UPDATE memories SET embedding = ? WHERE id = ?", (vector, memory_id))
