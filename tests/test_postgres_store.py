@@ -442,6 +442,19 @@ async def test_claimed_rows_are_claimed_again_after_the_lease(postgres_url: str)
         await b.close()
 
 
+async def test_a_store_closed_cleanly_leaves_its_rows_to_others_at_once(postgres_url: str) -> None:
+    a, b = await opened(postgres_url), await opened(postgres_url)  # leases of a minute
+    try:
+        ids = await a.reserve_memory_ids(2)
+        await a.submit(Unit("ann", None, memories=tuple(new(memory(mid, "ann", "words")) for mid in ids)))
+        assert await b.unembedded() == []
+        await a.close()
+        assert [m.id for m in await b.unembedded()] == ids
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_dense_search_is_an_exact_scan_of_the_users_rows(store: PostgresStore) -> None:
     ids = await store.reserve_memory_ids(5)
     vecs = [

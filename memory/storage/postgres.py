@@ -54,7 +54,7 @@ _CONNECTION_LOST = (
     asyncpg.InterfaceError,
     OSError,
 )
-CLAIM_LEASE_SECONDS = 300.0
+CLAIM_LEASE_SECONDS = 60.0
 CLAIM_LIMIT = 10_000
 POOL_SIZE = 4
 CONNECT_TIMEOUT = 10.0
@@ -189,6 +189,20 @@ class PostgresStore:
                 await writer.close()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 errors.append(StorageError(f"could not finish writing {self.location}: {exc}"))
+        if pool is not None and writer is not None:
+            try:
+                # What this process leased and did not embed is anyone's again at once; only a
+                # crash leaves rows waiting for their lease to run out.
+                await pool.execute(
+                    "UPDATE memories SET claimed_by = NULL, claimed_until = NULL"
+                    " WHERE claimed_by = $1 AND embedding IS NULL",
+                    self.token,
+                    timeout=CONNECT_TIMEOUT,
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                errors.append(
+                    StorageError(f"could not release the embedding leases on {self.location}: {exc}")
+                )
         if pool is not None:
             try:
                 await pool.close()
