@@ -15,9 +15,10 @@ import pytest
 
 from memory.context import FrozenMap, UserContext, freeze_json
 from memory.errors import StorageError, SystemClosedError
-from memory.lexical import query_terms
+from memory.lexical import query_terms, user_terms
 from memory.records import Memory
 from memory.storage.postgres import PostgresStore
+from memory.storage.postgres_lexical import Stemmer
 from memory.storage.postgres_writer import notify_payloads
 from memory.storage.protocol import (
     COMMITTED,
@@ -722,3 +723,12 @@ async def test_every_read_returns_what_sqlite_returns(both: tuple[SqliteStore, P
     lite_reads, pg_reads = await reads(lite), await reads(pg)
     for n, (want, got) in enumerate(zip(lite_reads, pg_reads, strict=True)):
         assert got == want, n
+
+
+def test_stems_stay_right_when_the_stem_cache_is_full() -> None:
+    tokens = user_terms("ann", "running runs ran yellow yes generously running").split()
+    expected = Stemmer().stems(tokens)
+    small = Stemmer(limit=4)
+    assert small.stems(tokens[:3]) == expected[:3]
+    assert small.stems(tokens) == expected  # more than the cache holds, some of them cached
+    assert expected[0] == expected[1] == expected[6] != expected[2]  # porter: run, run, ran
