@@ -11,7 +11,7 @@ ONNX_LOCK := requirements/lock-onnx.txt
 TOOLS_VENV := .venv-lock
 TOOLS_LOCK := requirements/tools.txt
 
-.PHONY: install install-onnx run test test-onnx lint check lock lock-check bench clean postgres postgres-stop
+.PHONY: install install-onnx run run-sharded test test-onnx lint check lock lock-check bench clean postgres postgres-stop
 
 # A venv from nothing, from one lock: --no-deps because the lock is complete (nothing is resolved at
 # install time), --require-hashes so that every file is the one locked. torch is locked as the CPU build
@@ -83,6 +83,10 @@ PG_FOLDER ?= data/pg
 
 postgres: install
 	$(PY) -m memory.pgcluster start $(PG_FOLDER)
+
+# Two bot processes (one Discord shard each) on one local PostgreSQL memory; needs DISCORD_TOKEN.
+run-sharded: install
+	$(PY) -m bot.sharded --processes $(or $(PROCESSES),2) $(ARGS)
 
 postgres-stop: install
 	$(PY) -m memory.pgcluster stop $(PG_FOLDER)

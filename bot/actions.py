@@ -71,9 +71,7 @@ class MemoryActions:
         )
         return f"Got it, I'll remember that (memory #{memory.id})."
 
-    async def recall(
-        self, user_id: str | int, query: str, *, scopes: frozenset[str] | None = None
-    ) -> str:
+    async def recall(self, user_id: str | int, query: str, *, scopes: frozenset[str] | None = None) -> str:
         """The best matches said in ``scopes`` (where the answer is shown may see; None: all)."""
         query = query.strip()
         if not query:

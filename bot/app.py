@@ -188,6 +188,7 @@ def make_memory_bot(memory: MemorySystem, settings: Settings, **options: Any) ->
         log.warning(
             "running shards %s of %d on SQLite: only this process can use the memory; run every "
             "shard group on one PostgreSQL memory (storage.backend = postgres)",
-            shards["shard_ids"], shards["shard_count"],
+            shards["shard_ids"],
+            shards["shard_count"],
         )
     return ShardedMemoryBot(memory, settings, **options, **shards)

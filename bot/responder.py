@@ -148,7 +148,7 @@ _PRONOUN = re.compile(r"\b(i['’]m|i['’]ve|i['’]ll|i['’]d|i|me|my|mine|my
 
 
 def second_person(statement: str) -> str:
-    """"I'm allergic to peanuts." -> "you're allergic to peanuts": what the person told, told back.
+    """ "I'm allergic to peanuts." -> "you're allergic to peanuts": what the person told, told back.
 
     "was" and "am" change only after "I" ("I was born" -> "you were born"; "it was" stays).
     """
@@ -316,7 +316,7 @@ class TemplateResponder:
 
 
 def _summary(request: ReplyRequest, statements: list[ScoredMemory]) -> str:
-    """"What do you know about me": the preferences, then the best distinct facts."""
+    """ "What do you know about me": the preferences, then the best distinct facts."""
     prefs = request.context.preferences
     known = [
         f"your {key} is {value}"

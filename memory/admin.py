@@ -363,7 +363,8 @@ async def _change(settings: Settings, data_dir: Path, op: str, **params: Any) ->
     """Make one change: through the owner's control channel when a process owns the folder
     (so it goes through that process's locks and is not undone by its next write), else
     directly, owning the folder meanwhile."""
-    if holder_pid(data_dir / LOCK_NAME) is not None:
+    # PostgreSQL: no owner to go through; the database's version checks order every change.
+    if settings.storage.backend != "postgres" and holder_pid(data_dir / LOCK_NAME) is not None:
         return await control.call(data_dir, op, params)
     async with _system(settings, data_dir) as system:
         return await control.apply(system, op, params)

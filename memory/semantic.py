@@ -531,6 +531,10 @@ class SemanticMemory:
 
     async def stats(self) -> dict[str, Any]:
         index = self._index
+        vectors, users = (len(index), index.users()) if index is not None else (0, 0)
+        if self._store_dense is not None:  # the vectors live in the database
+            owners = await self._store.embedded_ids()
+            vectors, users = len(owners), len({uid for _, uid in owners})
         encoder_stats = self._encoder.stats() if self._encoder is not None else {}
         return {
             "encoder_state": str(self.encoder_state),
@@ -543,8 +547,8 @@ class SemanticMemory:
             "embedder_waiting_users": len(self._urgent),
             "embedded_since_start": self.embedded,
             "embedding_error": self._embed_error,
-            "index_vectors": len(index) if index is not None else 0,
-            "index_users": index.users() if index is not None else 0,
+            "index_vectors": vectors,
+            "index_users": users,
             "index_path": str(self._index_path),
             **encoder_stats,
         }

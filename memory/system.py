@@ -31,6 +31,7 @@ from memory.context import (
     stored_context,
 )
 from memory.control import ControlServer
+from memory.encoder import HashingEncoder
 from memory.erasure import (
     ErasureTarget,
     edited_exchange_text,
@@ -76,6 +77,7 @@ audit = logging.getLogger("memory.audit")
 PreferenceChanges = Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]]
 # How long close() lets changes in flight finish before it closes the parts under them.
 CLOSE_GRACE_SECONDS = 30.0
+MINILM_DIM = 384  # all-MiniLM-L6-v2, the default model
 MAX_WAIT_SECONDS = 86_400  # the longest ``wait_ready`` timeout (None waits as long as it takes)
 
 
@@ -211,7 +213,12 @@ class MemorySystem:
                 "storage.backend is postgres but storage.postgres_url is empty: start one with "
                 "`make postgres` and set MEMORY_BOT_STORAGE_POSTGRES_URL to the URL it prints"
             )
-        store = PostgresStore(storage.postgres_url, max_batch=storage.max_batch, supervisor=self._supervisor)
+        store = PostgresStore(
+            storage.postgres_url,
+            max_batch=storage.max_batch,
+            supervisor=self._supervisor,
+            vector_dim=self._vector_dim(),
+        )
         self._store = store
         report = StartupReport(data_dir=store.location)
         report.migrations_applied = await store.open()
@@ -228,6 +235,14 @@ class MemorySystem:
         await self._start_semantic(data_dir, report)
         self._running()
         return self._started(report)
+
+    def _vector_dim(self) -> int:
+        """The size of the vectors the database column holds, known before the model loads."""
+        if isinstance(self._encoder, HashingEncoder):
+            return self._encoder.dim
+        if self.settings.encoder.kind == "hashing":
+            return self.settings.encoder.hashing_dim
+        return MINILM_DIM
 
     async def _start_semantic(self, data_dir: Path, report: StartupReport) -> None:
         self._semantic = SemanticMemory(

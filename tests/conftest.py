@@ -36,14 +36,43 @@ def settings() -> Settings:
     return test_settings()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_backends: run the module's tests once on SQLite and once on PostgreSQL"
+    )
+    config.addinivalue_line(
+        "markers", "sqlite_only(why): in a both_backends module, a test of SQLite's own files"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_backends`` that use ``backend`` (``make_system`` and ``ms`` do) run
+    twice: one behaviour suite for the storage protocol's two implementations."""
+    marked = metafunc.definition.get_closest_marker
+    if "backend" in metafunc.fixturenames and marked("both_backends") and not marked("sqlite_only"):
+        metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def make_system(tmp_path: Path) -> Callable[..., MemorySystem]:
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend of this test's systems (SQLite unless parametrised)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def make_system(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Callable[..., MemorySystem]:
+    """Systems on real storage. On PostgreSQL, each data folder a test names gets its own
+    database, so two folders are two memories on both backends."""
+    databases: dict[Path, str] = {}
+
     def make(data_dir: Path | None = None, **sections: dict[str, Any]) -> MemorySystem:
-        return MemorySystem(
-            data_dir or tmp_path / "data",
-            settings=test_settings(**sections),
-            encoder=HashingEncoder(),
-        )
+        folder = data_dir or tmp_path / "data"
+        if backend == "postgres":
+            if folder not in databases:
+                databases[folder] = request.getfixturevalue("make_postgres_database")()
+            storage = {"backend": "postgres", "postgres_url": databases[folder]}
+            sections = {**sections, "storage": {**storage, **sections.get("storage", {})}}
+        return MemorySystem(folder, settings=test_settings(**sections), encoder=HashingEncoder())
 
     return make
 

@@ -81,3 +81,34 @@ def restart_postgres(postgres_cluster: LocalCluster) -> Callable[[], None]:
     It blocks for a second or more; mid-stream, ``await asyncio.to_thread(restart_postgres)``
     keeps the test's clients running while the server goes down."""
     return lambda: crash_restart(postgres_cluster)
+
+
+# Columns whose value a read may change without any change of content (an embedder's lease).
+_VOLATILE_COLUMNS = frozenset({"claimed_until"})
+
+
+async def database_rows(url: str) -> list[str]:
+    """Every committed row of every table of the database at ``url``, as text in a fixed order:
+    what "changes nothing" compares (the PostgreSQL twin of reading SQLite's file)."""
+    import asyncpg  # the fixtures need the server; asyncpg comes with it
+
+    conn = await asyncpg.connect(url)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            " AND table_type = 'BASE TABLE' ORDER BY table_name"
+        )
+        rows: list[str] = []
+        for (table,) in tables:
+            columns = await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public'"
+                " AND table_name = $1 ORDER BY ordinal_position",
+                table,
+            )
+            kept = [c for (c,) in columns if c not in _VOLATILE_COLUMNS]
+            listed = ", ".join(f'"{c}"::text' for c in kept)
+            for row in await conn.fetch(f'SELECT {listed} FROM "{table}" ORDER BY 1, 2'):
+                rows.append(f"{table}: {tuple(row)}")
+        return rows
+    finally:
+        await conn.close()

@@ -9,6 +9,8 @@ import pytest
 
 from memory import MemorySystem
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
 
 async def _yield(times: int) -> None:
     for _ in range(times):

@@ -15,6 +15,7 @@ from memory import DataDamagedError, MemorySystem, StorageError
 from memory.inspector import Inspector
 from memory.recovery import DB_NAME
 from memory.storage.sqlite_connection import sqlite3
+from memory.storage.sqlite import SqliteStore
 from memory.storage.sqlite_errors import database_error
 from tests.admin_fixtures import Cli, hashing_settings, subprocess_env
 from tests.file_faults import read_only_folder, run_on_read_only_mount
@@ -128,7 +129,7 @@ async def test_inspector_reads_a_read_only_copy_of_a_healthy_folder(folder: Path
     shutil.copytree(folder, copy)
     with read_only_folder(copy):
         async with Inspector(copy, hashing_settings()) as view:
-            assert view.store.immutable
+            assert isinstance(view.store, SqliteStore) and view.store.immutable
             assert [row.user_id for row in await view.users()] == ["alice", "bob", "carol"]
             shown = await view.show("alice")
             assert shown.context is not None and shown.context.preferences["food"] == "pizza"

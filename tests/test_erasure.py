@@ -28,6 +28,9 @@ SECRET = "Zanzibarian quokkas adore marzipan"  # words found nowhere else in the
 FILES = ("memory.db", "memory.db-wal", "contexts.json")
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 def folder_bytes(data_dir: Path) -> bytes:
     """Every byte of the database, its WAL and the snapshot, lower-cased."""
     found = b""
@@ -51,6 +54,7 @@ async def index_ids(ms: MemorySystem) -> set[int]:
     return set(faiss.vector_to_array(index.id_map).tolist())
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_a_forgotten_message_is_gone_from_every_file_and_view(
     make_system: Callable[..., MemorySystem],
 ) -> None:
@@ -78,6 +82,7 @@ async def test_a_forgotten_message_is_gone_from_every_file_and_view(
     assert leaked_words(ms.data_dir) == []
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_forget_memory_and_forget_user_purge_the_terms(
     make_system: Callable[..., MemorySystem], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -105,6 +110,7 @@ async def test_forget_memory_and_forget_user_purge_the_terms(
         assert [m.text for m in await ms.get_memories("cy")] == ["Cy keeps bees"]
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_a_cancellation_after_the_commit_still_removes_the_vectors(
     make_system: Callable[..., MemorySystem],
 ) -> None:
@@ -142,6 +148,7 @@ async def test_a_cancellation_after_the_commit_still_removes_the_vectors(
     assert len(on_disk) == 1500 - len(forgotten)
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 def test_after_forget_user_and_kill_9_the_restart_drops_the_vectors_from_the_file(
     tmp_path: Path, make_system: Callable[..., MemorySystem]
 ) -> None:
@@ -186,6 +193,7 @@ def test_after_forget_user_and_kill_9_the_restart_drops_the_vectors_from_the_fil
     assert len(on_disk) == 5
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_an_index_made_for_another_database_is_rebuilt(
     tmp_path: Path, make_system: Callable[..., MemorySystem]
 ) -> None:
@@ -212,6 +220,7 @@ async def test_an_index_made_for_another_database_is_rebuilt(
         await ms.close()
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_an_index_whose_owners_disagree_with_the_database_is_rebuilt(
     tmp_path: Path, make_system: Callable[..., MemorySystem]
 ) -> None:

@@ -23,6 +23,9 @@ from tests.conftest import test_settings
 __all__ = ["make_bot"]  # the fixture, imported explicitly
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -64,6 +67,7 @@ async def test_healthz_is_200_while_running_and_503_with_the_reason_once_closed(
     assert body.startswith("memory system: the memory system is closed")
 
 
+@pytest.mark.sqlite_only("the snapshot's metrics: PostgreSQL keeps no snapshot")
 async def test_metrics_parse_and_carry_the_stats(ms: MemorySystem, http: aiohttp.ClientSession) -> None:
     for user in ("ann", "bo", "cy"):
         await ms.update_context(user, "hello there", "hi")

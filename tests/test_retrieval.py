@@ -19,6 +19,8 @@ from memory.snapshot import read_snapshot
 from memory.storage.sqlite_connection import sqlite3
 from tests.conftest import test_settings
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
 
 async def test_user_with_no_memories_gets_an_empty_list(ms: MemorySystem) -> None:
     assert await ms.retrieve_memory("nobody", "anything at all") == []
@@ -105,6 +107,7 @@ async def test_forget_source_removes_the_memory_made_from_a_message(ms: MemorySy
     assert [m.source_id for m in await ms.get_memories("alice")] == ["msg-2"]
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_forget_user_leaves_nothing(tmp_path: Path, make_system: Callable[..., MemorySystem]) -> None:
     data_dir = tmp_path / "data"
     async with make_system(data_dir) as ms:
@@ -147,7 +150,12 @@ words = st.sampled_from(["apple", "river", "guitar", "purple", "rocket", "garden
 texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     memories=st.lists(
         st.tuples(st.sampled_from(["u1", "u2", "u3", "4", "u 1"]), texts), min_size=1, max_size=30
@@ -156,10 +164,16 @@ texts = st.lists(words, min_size=1, max_size=4).map(" ".join)
     k=st.integers(min_value=1, max_value=10),
 )
 def test_isolation_no_result_ever_belongs_to_another_user(
-    memories: list[tuple[str, str]], query: str, k: int
+    store: str, request: pytest.FixtureRequest, memories: list[tuple[str, str]], query: str, k: int
 ) -> None:
+    # Each example on a fresh memory: a new folder, or a new PostgreSQL database.
+    storage = {}
+    if store == "postgres":
+        storage = {"backend": "postgres", "postgres_url": request.getfixturevalue("make_postgres_database")()}
+
     async def run(folder: Path) -> None:
-        async with MemorySystem(folder, settings=test_settings(), encoder=HashingEncoder()) as ms:
+        system_settings = test_settings(storage=storage)
+        async with MemorySystem(folder, settings=system_settings, encoder=HashingEncoder()) as ms:
             shared = "the very same text in every user"
             for user in {u for u, _ in memories}:
                 await ms.save_memory(user, shared)

@@ -26,6 +26,9 @@ from tests.test_store import make_v1_database
 GUILD, OTHER = "guild:1", "guild:2"
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 @pytest.mark.parametrize("reranker", [True, False])
 async def test_a_guild_retrieve_never_returns_a_dm_memory_and_still_finds_k(
     make_system: Callable[..., MemorySystem], reranker: bool
@@ -115,6 +118,7 @@ def test_rows_from_before_scopes_become_private(tmp_path: Path) -> None:
     assert asyncio.run(read()) == ["dm"]
 
 
+@pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
 async def test_an_edit_replaces_the_text_everywhere(ms: MemorySystem) -> None:
     await ms.update_context("ana", "good morning", "morning!", source_id="m0", scope=GUILD)
     await ms.update_context("ana", "I live in Zanzibarville", "Noted!", source_id="m1", scope=GUILD)

@@ -28,6 +28,9 @@ from tests.conftest import test_settings
 DEADLINE = 1.0  # "fails at once": well under this, on a loaded 2-core machine
 
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
+
 def system(data_dir: Path, faults: Faults | None = None) -> MemorySystem:
     return MemorySystem(data_dir, settings=test_settings(), encoder=HashingEncoder(), faults=faults)
 

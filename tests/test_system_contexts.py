@@ -13,6 +13,8 @@ from memory import (
     VersionNotFoundError,
 )
 
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
+
 
 async def test_concurrent_gets_on_one_user_return_the_same_object(ms: MemorySystem) -> None:
     await ms.update_context("alice", "hi", "hello")

@@ -21,10 +21,14 @@ import pytest
 
 from memory import InvalidInputError, MemorySystem, Settings
 from memory.recovery import DB_NAME
+from tests.postgres_fixtures import database_rows as postgres_rows
 
 MAX_TEXT = Settings().limits.max_text_length
 WEST = timezone(timedelta(hours=-5))
 EAST = timezone(timedelta(hours=5))
+
+
+pytestmark = pytest.mark.both_backends  # one behaviour suite, both storage backends
 
 
 class Unprintable:
@@ -355,7 +359,11 @@ async def whole_state(ms: MemorySystem) -> dict[str, Any]:
         "users": users,
         "counts": {key: stats[key] for key in ("users", "memories", "history_rows")},
         "erasures": [record.to_dict() for record in await ms.erasures()],
-        "rows": database_rows(ms.data_dir / DB_NAME),
+        "rows": (
+            await postgres_rows(ms.settings.storage.postgres_url)
+            if ms.settings.storage.backend == "postgres"
+            else database_rows(ms.data_dir / DB_NAME)
+        ),
     }
     for uid in users:
         state[uid] = {
