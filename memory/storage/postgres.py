@@ -48,6 +48,7 @@ from memory.supervisor import Supervisor, TaskName
 log = logging.getLogger(__name__)
 
 _CONNECTION_LOST = (
+    asyncpg.InternalClientError,  # a connection killed under an operation in progress
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
@@ -307,7 +308,7 @@ class PostgresStore:
                 except _CONNECTION_LOST:
                     continue
             return list(await pool.fetch(sql, *args))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
             raise StorageError(f"could not read {self.location}: {exc}") from exc
 
     @asynccontextmanager

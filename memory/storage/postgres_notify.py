@@ -76,7 +76,12 @@ class ChangeFeed:
             failures = 0
             try:
                 await self._listen(conn, first)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
                 if failures == 0:
                     log.warning("change notifications from %s lost; reconnecting: %s", self._location, exc)
                 failures += 1

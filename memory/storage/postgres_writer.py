@@ -204,9 +204,11 @@ class PostgresWriter:
             for pending in batch:
                 self._fail(pending, exc)
             return
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
             conn = self._conn
-            if conn is not None and not conn.is_closed():
+            # asyncpg's protocol can be left mid-operation by a connection killed under it (an
+            # InternalClientError on the ROLLBACK): that connection is as good as lost.
+            if conn is not None and not conn.is_closed() and not isinstance(exc, asyncpg.InternalClientError):
                 # The server refused the batch and rolled it back: nothing of it was written.
                 for pending in batch:
                     self._fail(pending, exc)
