@@ -105,6 +105,17 @@ class StallTicker:
         }
 
 
+async def drain_embeddings(ms: Any, timeout: float = 60.0) -> float:
+    """Seconds until the write-behind embedder has caught up (public stats); ``close()`` no
+    longer waits for it, so a benchmark that needs every vector waits here."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if not (await ms.stats())["pending_embeddings"]:
+            break
+        await asyncio.sleep(0.05)
+    return round(time.perf_counter() - started, 3)
+
+
 @contextmanager
 def temp_data_dir(prefix: str) -> Iterator[Path]:
     """A fresh folder under /tmp, removed afterwards whatever happens."""

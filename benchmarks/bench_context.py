@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import StallTicker, log, met, run_benchmark, summarise, temp_data_dir
+from _common import StallTicker, drain_embeddings, log, met, run_benchmark, summarise, temp_data_dir
 
 from memory import MemorySystem, Settings, load_settings
 
@@ -280,16 +280,6 @@ async def open_loop(ms: MemorySystem, users: list[str], cfg: Config, seed: int) 
         "first_error": errors[0] if errors else None,
         "group_commit": commit_delta(before, await ms.stats()),
     }
-
-
-async def drain_embeddings(ms: MemorySystem, timeout: float = 60.0) -> float:
-    """Seconds until the write-behind embedder has caught up (public stats)."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        if not (await ms.stats())["pending_embeddings"]:
-            break
-        await asyncio.sleep(0.05)
-    return round(time.perf_counter() - started, 3)
 
 
 async def bench_updates(folder: Path, cfg: Config, store_exchanges: bool, seed: int) -> dict[str, Any]:

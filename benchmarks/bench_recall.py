@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import emit
+from _common import drain_embeddings, emit
 
 from memory import MemorySystem, load_settings
 from memory.encoder import effective_precision  # internal: the number format in use
@@ -88,7 +88,7 @@ async def build(folder: Path, settings: Any, turns: dict[str, list[tuple[str, st
                 await ms.save_memory(
                     user, text, kind="exchange", created_at=when, metadata={"dia_id": dia_id}
                 )
-        await ms.retrieve_memory(next(iter(turns)), "warm up")  # waits for the embeddings
+        await drain_embeddings(ms, timeout=3600)  # close() leaves a backlog to the next start
     return time.perf_counter() - started
 
 

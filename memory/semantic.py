@@ -9,9 +9,15 @@ ranks lexically and marks each result ``lexical-only``. A model that fails to lo
 shown in stats and health, and leaves everything else working.
 
 Read your own writes at the cost of your own work: a retrieve embeds the asking user's pending
-memories itself, ahead of everyone else's backlog (measured: one retrieve behind a backlog of
-9,807 took 236 s in FIFO order), waits ``retrieval.pending_wait_ms`` at most, and marks the
-memories still unembedded ``not-embedded`` (the lexical ranker finds them).
+memories inside its own model call, with the query, on the encoder's urgent lane (a second
+thread over the same weights), so it waits neither for everyone else's backlog (measured: one
+retrieve behind a backlog of 9,807 took 236 s in FIFO order) nor for the background batch in
+flight (383 ms, 28x an idle retrieve). Storing those vectors and any of the user's memories in
+the batch in flight are waited for ``retrieval.pending_wait_ms`` at most; memories still
+unembedded then are marked ``not-embedded`` (the lexical ranker finds them).
+
+``close`` stops the embedder after the batch in flight: the backlog is durable (rows without
+an embedding) and the next start embeds it, so a close never waits for thousands of texts.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from memory.encoder import Encoder, Vectors, build_encoder, load_encoder
+from memory.encoder import Encoder, Vectors, build_encoder, encode_urgent, load_encoder
 from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, StorageError
 from memory.index import PerUserIndex
 from memory.locks import LockLevel, OrderedLock
@@ -105,8 +111,11 @@ class SemanticMemory:
         self.load_seconds: float | None = None
         self._ready = asyncio.Event()  # set when the model is ready or failed to load
         self._loader: asyncio.Task[None] | None = None
-        self._urgent: dict[str, int] = {}  # users waiting in a retrieve: embedded first
+        self._urgent: dict[str, int] = {}  # users waiting in a retrieve, for stats
+        self._in_flight: list[Memory] = []  # the embedder's batch
         self._in_flight_ids: set[int] = set()
+        self._urgent_ids: set[int] = set()  # embedded by a retrieve, being stored
+        self._storing: set[asyncio.Task[bool]] = set()  # a retrieve's vectors being stored
         self._embed_seconds = 0.0
         self._embed_texts = 0
 
@@ -291,7 +300,9 @@ class SemanticMemory:
                 log.debug("closed while the model was loading")
         task, self._task = self._task, None
         if task is not None:
-            await task
+            await task  # returns after the batch in flight: the backlog waits for the next start
+        if self._storing:
+            await asyncio.gather(*self._storing)
         try:
             if self._index is not None and self._index_dirty:
                 await self.save_index()
@@ -336,15 +347,15 @@ class SemanticMemory:
                 timeout = ERASURE_SAVE_DELAY if self._erasure_unsaved else INDEX_SAVE_INTERVAL
                 await wait_any(self._work, self._stopping, timeout=timeout)
                 await self._sweep_unembedded()
-            if self._stopping.is_set() and (not self._pending or self._embed_error is not None):
-                return  # drained (or the encoder is failing: the rest is embedded on next start)
+            if self._stopping.is_set():
+                return  # the rest is durable and unembedded: the next start embeds it
             if not self._pending:
                 continue
             self._supervisor.fault_point(TaskName.EMBEDDER)
             size = self._settings.retrieval.embed_batch
             batch = self._take_batch(size)
             ok = await self._embed_taken(batch)
-            self._in_flight_ids = set()
+            self._in_flight, self._in_flight_ids = [], set()
             if ok:
                 backoff = 0.5
                 continue
@@ -367,19 +378,31 @@ class SemanticMemory:
             return
         self.committed([m for m in claimed if m.id not in self._live])
 
-    async def _embed_taken(self, batch: list[Memory]) -> bool:
-        """Embed memories taken off the queue; on failure they go back to its front (False)."""
+    async def _embed_taken(self, batch: list[Memory], vectors: Vectors | None = None) -> bool:
+        """Embed memories taken off the queue, or store the ``vectors`` a retrieve made for
+        them (searchable before their commit: the retrieve waits for the index, not for the
+        writer); on failure they go back to the queue's front (False)."""
         started = time.perf_counter()
+        background = vectors is None
         try:
-            await self._embed(batch)
+            if vectors is None:
+                assert self._encoder is not None
+                vectors = await self._encoder.encode([embedding_text(m) for m in batch])
+            # A retrieve's own vectors go into the per-process index before their commit; where
+            # the vectors are searched in the database, the commit is what makes them found.
+            index_first = not background and self._index is not None
+            await self._save_vectors(batch, vectors, index_first=index_first)
         except (EncoderError, StorageError) as exc:
             self._embed_error = str(exc)
             log.error("embedding %d memories failed: %s", len(batch), exc)
             self._pending.extendleft(reversed(batch))
             self._notify()
             return False
-        self._embed_seconds += time.perf_counter() - started
-        self._embed_texts += len(batch)
+        finally:
+            self._urgent_ids.difference_update(m.id for m in batch)
+        if background:  # the embedder's own rate: model and storing, not a retrieve's storing
+            self._embed_seconds += time.perf_counter() - started
+            self._embed_texts += len(batch)
         self._embed_error = None
         for memory in batch:
             left = self._pending_by_user[memory.user_id] - 1
@@ -391,36 +414,58 @@ class SemanticMemory:
         return True
 
     def _take_batch(self, size: int) -> list[Memory]:
-        """The next batch: the pending memories of users waiting in a retrieve alone (the
-        priority lane: not filled up with the backlog, so the asker waits for their own texts
-        only), else the oldest; taken ones are in flight until embedded."""
+        """The oldest pending memories; in flight until embedded (a retrieve takes its user's
+        own out of the queue itself)."""
         batch: list[Memory] = []
-        if self._urgent:
-            urgent = set(self._urgent)
-            rest: deque[Memory] = deque()
-            for memory in self._pending:
-                (batch if memory.user_id in urgent and len(batch) < size else rest).append(memory)
-            self._pending = rest
-        if batch:
-            self._in_flight_ids = {m.id for m in batch}
-            return batch
         while len(batch) < size and self._pending:
             batch.append(self._pending.popleft())
+        self._in_flight = batch
         self._in_flight_ids = {m.id for m in batch}
         return batch
 
-    async def _embed(self, batch: list[Memory]) -> None:
-        assert self._encoder is not None
-        vectors = await self._encoder.encode([embedding_text(m) for m in batch])
-        async with self._index_lock:
-            rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+    async def _save_vectors(
+        self, batch: list[Memory], vectors: Vectors, *, index_first: bool = False
+    ) -> None:
+        """Store the vectors of memories still live, in SQLite and in the index.
+
+        The commit runs outside the index lock (a retrieve storing its user's vectors would
+        otherwise wait for the embedder's commit too): a memory forgotten meanwhile is no
+        longer live when the lock is taken, so its vector never reaches the index, and its
+        row is gone, so the UPDATE changed nothing; a rebuild meanwhile already holds the
+        committed vectors, and ``add`` skips ids it has. ``index_first`` (a retrieve's own
+        memories) adds them to the index before the commit, and takes them out again if the
+        commit fails; an index file saved between the two holds a vector SQLite lacks, which
+        the next start drops and embeds again.
+        """
+        ids = [m.id for m in batch]
+        rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+        if index_first:
+            indexed = await self._index_rows(rows)
+            self.embedded += len(indexed)  # searchable now
+            self._urgent_ids.difference_update(ids)
+            self._notify()
+        try:
             if rows:
                 await self._store_vectors(rows)
-                if self._index is not None:
-                    await self._faiss.run(self._add_rows, self._index, rows)
-                    self._index_dirty = True
-            self._live.difference_update(m.id for m in batch)
-            self.embedded += len(rows)
+        except StorageError:
+            if index_first:
+                self.embedded -= len(indexed)
+                async with self._index_lock:
+                    assert self._index is not None
+                    await self._faiss.run(self._index.remove, ids)
+            raise
+        if not index_first:
+            self.embedded += len(await self._index_rows(rows))
+        self._live.difference_update(ids)
+
+    async def _index_rows(self, rows: list[tuple[Memory, Vectors]]) -> list[tuple[Memory, Vectors]]:
+        """Add the rows of memories still live to the index; those added."""
+        async with self._index_lock:
+            rows = [(m, v) for m, v in rows if m.id in self._live]
+            if rows and self._index is not None:
+                await self._faiss.run(self._add_rows, self._index, rows)
+                self._index_dirty = True
+        return rows
 
     async def _store_vectors(self, rows: list[tuple[Memory, Vectors]]) -> None:
         """One unit per user (a unit names the owner of every id it writes), one commit."""
@@ -451,31 +496,72 @@ class SemanticMemory:
             except StorageError as exc:
                 log.error("saving the index failed (it is rebuilt from SQLite on start): %s", exc)
 
-    async def wait_indexed(self, user_id: str, timeout: float | None = None) -> set[int]:
-        """Until the user's committed memories are searchable, the embedder is failing, or
-        ``timeout`` seconds passed; the ids of the user's memories still without a vector."""
-        self._urgent[user_id] = self._urgent.get(user_id, 0) + 1
-        self._work.set()
+    def _take_own(self, user_id: str, size: int) -> list[Memory]:
+        """The user's newest pending memories (``size`` at most), out of the embedder's queue:
+        a retrieve embeds them in its own model call."""
+        if not self._pending_by_user.get(user_id):
+            return []
+        own: list[Memory] = []
+        rest: deque[Memory] = deque()
+        for memory in reversed(self._pending):
+            if memory.user_id == user_id and len(own) < size:
+                own.append(memory)
+            else:
+                rest.appendleft(memory)
+        self._pending = rest
+        own.reverse()
+        self._urgent_ids.update(m.id for m in own)
+        return own
+
+    async def _embed_for_query(self, user_id: str, query: str, unembedded: set[int]) -> Vectors:
+        """The query's vector, from one urgent model call that also embeds the user's pending
+        memories; their place in the index (not their commit), and the user's memories in the
+        embedder's batch in flight, are waited for ``pending_wait_ms`` at most; what is still
+        unembedded goes into ``unembedded``."""
+        assert self._encoder is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.retrieval.pending_wait_ms / 1000
+        own = self._take_own(user_id, self._settings.retrieval.own_pending_per_query)
         try:
-            async with asyncio.timeout(timeout):
-                while (
-                    self.ready
-                    and self._pending_by_user.get(user_id)
-                    and self._embed_error is None
-                    and not self._stopping.is_set()
-                ):
-                    if self._dead is not None:
-                        raise self._dead.with_traceback(None)
-                    await self._progress.wait()
-        except TimeoutError:
-            log.debug("user %s: pending memories rank lexically after %.3f s", user_id, timeout)
+            vectors = await encode_urgent(self._encoder, [query, *(embedding_text(m) for m in own)])
+        except BaseException:  # cancelled or failed: the embedder embeds them
+            self._urgent_ids.difference_update(m.id for m in own)
+            self._pending.extend(own)
+            self._work.set()
+            raise
+        if own:  # a task: the commit is not waited for, and a cancelled retrieve cannot cut it
+            storing = asyncio.ensure_future(self._embed_taken(own, vectors[1:]))
+            self._storing.add(storing)
+            storing.add_done_callback(self._storing.discard)
+        mine = {m.id for m in own} | {m.id for m in self._in_flight if m.user_id == user_id}
+        self._urgent[user_id] = self._urgent.get(user_id, 0) + 1
+        try:
+            while mine & (self._urgent_ids | self._in_flight_ids) and self._embed_error is None:
+                if self._dead is not None:
+                    raise self._dead.with_traceback(None)
+                if not await self._wait_progress(deadline - loop.time()):
+                    log.debug("user %s: pending memories rank lexically after the wait", user_id)
+                    break
         finally:
             left = self._urgent.pop(user_id) - 1
             if left:
                 self._urgent[user_id] = left
-        if not self._pending_by_user.get(user_id):
-            return set()
-        return {m.id for m in self._pending if m.user_id == user_id} | self._in_flight_ids
+        if self._pending_by_user.get(user_id):
+            unembedded.update(m.id for m in self._pending if m.user_id == user_id)
+            unembedded.update(mine & (self._urgent_ids | self._in_flight_ids))
+        query_vector: Vectors = vectors[0]
+        return query_vector
+
+    async def _wait_progress(self, timeout: float) -> bool:
+        """Until the embedder or a retrieve stored a batch (True) or ``timeout`` passed."""
+        if timeout <= 0:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def forget(self, ids: Sequence[int]) -> None:
         """Drop the vectors of forgotten memories; the file follows within ``ERASURE_SAVE_DELAY``.
@@ -511,14 +597,10 @@ class SemanticMemory:
             raise self._dead.with_traceback(None)
         settings = self._settings
         dense = await self.wait_ready(settings.encoder.ready_wait_ms / 1000)
-        unembedded = (
-            await self.wait_indexed(user_id, settings.retrieval.pending_wait_ms / 1000) if dense else set()
-        )
-        encoder = self._encoder
+        unembedded: set[int] = set()
 
         async def embed_query() -> Vectors:
-            row: Vectors = (await encoder.encode([query]))[0]
-            return row
+            return await self._embed_for_query(user_id, query, unembedded)
 
         index = (self._store_dense or self._index) if dense else None
         results = await self._retriever.retrieve(index, user_id, query, embed_query, k, kinds, scopes)
@@ -540,7 +622,7 @@ class SemanticMemory:
             "encoder_state": str(self.encoder_state),
             "encoder_error": self.encoder_error,
             "encoder_load_seconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
-            "pending_embeddings": len(self._pending) + len(self._in_flight_ids),
+            "pending_embeddings": len(self._pending) + len(self._in_flight_ids) + len(self._urgent_ids),
             "embedder_texts_per_second": (
                 round(self._embed_texts / self._embed_seconds, 1) if self._embed_seconds > 0 else None
             ),

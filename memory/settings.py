@@ -85,6 +85,7 @@ class RetrievalSettings:
     candidates: int = field(default=50, metadata=_rule(low=1, high=10_000))
     embed_batch: int = field(default=64, metadata=_rule(low=1, high=4096))
     pending_wait_ms: float = field(default=500.0, metadata=_rule(low=0, high=600_000))
+    own_pending_per_query: int = field(default=16, metadata=_rule(low=0, high=4096))
     reranker: bool = True
 
 

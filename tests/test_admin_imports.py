@@ -97,6 +97,7 @@ async def test_reading_and_changing_commands_load_no_model(folder: Path, tmp_pat
 async def test_search_loads_the_model(folder: Path) -> None:
     status, heavy, output = admin(folder, "search", "ann", "where does my sister live?")
     assert status == 0, output
-    assert "torch" in heavy and "sentence_transformers" in heavy
+    assert "torch" in heavy and "transformers" in heavy
+    assert "sentence_transformers" not in heavy and "sklearn" not in heavy  # transformers alone
     assert "Lyon" in output
     assert re.search(r"memory-admin: loading the embedding model… ready in \d+\.\d s", output), output

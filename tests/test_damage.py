@@ -14,8 +14,8 @@ import pytest
 from memory import DataDamagedError, MemorySystem, StorageError
 from memory.inspector import Inspector
 from memory.recovery import DB_NAME
-from memory.storage.sqlite_connection import sqlite3
 from memory.storage.sqlite import SqliteStore
+from memory.storage.sqlite_connection import sqlite3
 from memory.storage.sqlite_errors import database_error
 from tests.admin_fixtures import Cli, hashing_settings, subprocess_env
 from tests.file_faults import read_only_folder, run_on_read_only_mount

@@ -99,6 +99,9 @@ async def test_dead_embedder_shows_in_stats_and_retrieve_fails_fast(tmp_path: Pa
     faults.arm(TaskName.EMBEDDER, KeyError("injected embedder bug"))
     memory = await ms.save_memory("ann", "my cat is called Miso")  # committed before the death
     async with asyncio.timeout(DEADLINE):
+        # A retrieve embeds its user's memories itself; it is the one after the death that fails.
+        while state(ms) is not SystemState.FAILED:
+            await asyncio.sleep(0)
         with pytest.raises(BackgroundTaskError, match="embedder") as info:
             await ms.retrieve_memory("ann", "what is my cat called?")
     assert info.value.task == "embedder"
@@ -127,6 +130,10 @@ async def test_batcher_that_raises_key_error_fails_encode_at_once(tmp_path: Path
     assert await ms.wait_ready()  # the model loads in the background
     faults.arm(TaskName.ENCODER_BATCHER, KeyError("input_ids"))
     async with asyncio.timeout(DEADLINE):
+        # Queries take the encoder's urgent lane; the background embedding meets the fault.
+        await ms.save_memory("ann", "a memory for the background embedder")
+        while state(ms) is not SystemState.FAILED:
+            await asyncio.sleep(0)
         queries = [ms.retrieve_memory("bob", f"question {i}") for i in range(3)]
         outcomes = await asyncio.gather(*queries, return_exceptions=True)
         assert [type(o) for o in outcomes] == [BackgroundTaskError] * 3
