@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import numpy as np
@@ -15,9 +15,10 @@ import pytest
 
 from memory.context import FrozenMap, UserContext, freeze_json
 from memory.errors import StorageError, SystemClosedError
-from memory.lexical import query_terms, read_varint, user_bm25, user_terms
+from memory.lexical import query_terms, user_terms
 from memory.records import Memory
-from memory.storage.postgres import PostgresStore, mask_url
+from memory.storage.postgres import PostgresStore
+from memory.storage.postgres_lexical import Stemmer
 from memory.storage.postgres_writer import notify_payloads
 from memory.storage.protocol import (
     COMMITTED,
@@ -30,6 +31,7 @@ from memory.storage.protocol import (
     Store,
     Unit,
 )
+from memory.storage.sqlite import SqliteStore
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -229,6 +231,7 @@ async def test_two_stores_twenty_submitters_each_count_exactly(postgres_url: str
             assert ctx.conversations_count == ctx.version == versions[uid]
         assert await stores[0].count("context_history") == total
         assert sum(conflicts) > 0  # the two stores did race
+        assert [s.stats()["retries"] for s in stores] == [0, 0]  # locks in user-id order: no deadlock
         assert await stores[0].integrity_problems() == ["ok"]
     finally:
         for s in stores:
@@ -267,109 +270,61 @@ QUERIES = [
 ]
 
 
-class SqliteReference:
-    """SQLite's lexical search, run by FTS5 itself: the table ``SqliteStore`` keeps and its
-    per-term BM25 re-weighted by ``lexical.user_bm25``."""
-
-    def __init__(self) -> None:
-        self.db = sqlite3.connect(":memory:", isolation_level=None)  # FTS5 writes its totals at commit
-        self.db.execute("CREATE TABLE memories (id INTEGER PRIMARY KEY, user_id TEXT, kind TEXT, scope TEXT)")
-        self.db.execute(
-            "CREATE VIRTUAL TABLE memories_fts USING fts5(body, context, tokenize = 'porter ascii')"
-        )
-
-    def add(self, mid: int, uid: str, body: str, context_words: str, scope: str, kind: str) -> None:
-        self.db.execute("INSERT INTO memories VALUES (?, ?, ?, ?)", (mid, uid, kind, scope))
-        self.db.execute(
-            "INSERT INTO memories_fts (rowid, body, context) VALUES (?, ?, ?)",
-            (mid, user_terms(uid, body), user_terms(uid, context_words)),
-        )
-
-    def forget(self, mid: int) -> None:
-        self.db.execute("DELETE FROM memories_fts WHERE rowid = ?", (mid,))
-        self.db.execute("DELETE FROM memories WHERE id = ?", (mid,))
-
-    def set_context(self, mid: int, uid: str, context_words: str) -> None:
-        self.db.execute(
-            "UPDATE memories_fts SET context = ? WHERE rowid = ?", (user_terms(uid, context_words), mid)
-        )
-
-    def search(
-        self,
-        uid: str,
-        terms: Sequence[str],
-        kinds: Sequence[str] | None,
-        scopes: Sequence[str] | None,
-        weight: float,
-    ) -> list[tuple[int, float]]:
-        user_rows = self.db.execute("SELECT count(*) FROM memories WHERE user_id = ?", (uid,)).fetchone()[0]
-        block = self.db.execute("SELECT block FROM memories_fts_data WHERE id = 1").fetchone()[0]
-        per_term = []
-        kind_of = {}
-        for term in terms:
-            rows = self.db.execute(
-                "SELECT m.id, bm25(memories_fts, 1.0, ?), m.kind, m.scope FROM memories_fts"
-                " JOIN memories m ON m.id = memories_fts.rowid AND m.user_id = ? WHERE memories_fts MATCH ?",
-                (weight, uid, '"' + term + '"'),
-            ).fetchall()
-            per_term.append(
-                [(mid, -score) for mid, score, _, scope in rows if scopes is None or scope in scopes]
-            )
-            kind_of.update({mid: kind for mid, _, kind, _ in rows})
-        scores = user_bm25(per_term, read_varint(block), user_rows)
-        if kinds is not None:
-            scores = {m: s for m, s in scores.items() if kind_of[m] in kinds}
-        return sorted(scores.items(), key=lambda item: (-item[1], -item[0]))
+@pytest.fixture
+async def both(tmp_path: Path, postgres_url: str) -> AsyncIterator[tuple[SqliteStore, PostgresStore]]:
+    """The two backends, empty, to be given the same units."""
+    lite = SqliteStore(tmp_path / "memory.db")
+    await lite.open()
+    pg = PostgresStore(postgres_url, vector_dim=4)
+    await pg.open()
+    yield lite, pg
+    await pg.close()
+    await lite.close()
 
 
-async def test_lexical_search_ranks_exactly_as_sqlite(store: PostgresStore) -> None:
-    reference = SqliteReference()
+async def submit_both(stores: tuple[SqliteStore, PostgresStore], unit: Unit) -> None:
+    outcomes = [await s.submit(unit) for s in stores]
+    assert outcomes == [COMMITTED, COMMITTED]
+
+
+async def test_lexical_search_ranks_exactly_as_sqlite(both: tuple[SqliteStore, PostgresStore]) -> None:
+    lite, pg = both
     ids: dict[str, list[int]] = {}
     for uid, rows in CORPUS.items():
-        ids[uid] = await store.reserve_memory_ids(len(rows))
-        news = []
-        for mid, (body, context_words, scope, kind) in zip(ids[uid], rows, strict=True):
-            news.append(NewMemory(memory(mid, uid, body, kind=kind, scope=scope), body, context_words, None))
-            reference.add(mid, uid, body, context_words, scope, kind)
-        assert await store.submit(Unit(uid, None, memories=tuple(news))) == COMMITTED
+        ids[uid] = await pg.reserve_memory_ids(len(rows))
+        news = tuple(
+            NewMemory(memory(mid, uid, body, kind=kind, scope=scope), body, context_words, None)
+            for mid, (body, context_words, scope, kind) in zip(ids[uid], rows, strict=True)
+        )
+        await submit_both(both, Unit(uid, None, memories=news))
 
     async def compare() -> int:
         compared = 0
         for uid, text, kinds, scopes in QUERIES:
             terms = query_terms(uid, text)
             for weight in (1.0, 0.35):
-                want = reference.search(uid, terms, kinds, scopes, weight)
-                got = await store.lexical_search(uid, terms, 50, kinds, weight, scopes)
+                want = await lite.lexical_search(uid, terms, 50, kinds, weight, scopes)
+                got = await pg.lexical_search(uid, terms, 50, kinds, weight, scopes)
                 assert [m for m, _ in got] == [m for m, _ in want], (uid, text, weight)
                 assert np.allclose([s for _, s in got], [s for _, s in want], rtol=1e-9, atol=1e-9)
                 compared += len(got)
         return compared
 
     assert await compare() > 30
-    # Forgetting a memory empties its next turn's context, and moves the table's totals.
-    a1, a2 = ids["ann"][0], ids["ann"][1]
-    link = Unit(
-        "ann",
-        None,
-        edits=(
-            MemoryEdit(
-                memory(a2, "ann", CORPUS["ann"][1][0]), CORPUS["ann"][1][0], ((ids["ann"][3], "tea tea tea"),)
-            ),
-        ),
+    # Edits, new context words, a forgotten turn (its next one loses its context words), a
+    # forgotten user: the table's totals move with every one, in both.
+    a = ids["ann"]
+    body = CORPUS["ann"][1][0]
+    edit = MemoryEdit(memory(a[1], "ann", body), body, ((a[3], "tea tea tea"),))
+    await submit_both(both, Unit("ann", None, edits=(edit,)))
+    [late] = await pg.reserve_memory_ids(1)
+    await submit_both(
+        both, Unit("ann", None, memories=(new(memory(late, "ann", "x park"), "running", a[0]),))
     )
-    assert await store.submit(link) == COMMITTED
-    reference.set_context(ids["ann"][3], "ann", "tea tea tea")
-    await store.submit(Unit("ann", None, memories=(new(memory(a2 + 100_000, "ann", "x"), "", a1),)))
-    reference.add(a2 + 100_000, "ann", "x", "", "dm", "fact")
-    assert (
-        await store.submit(Unit("ann", None, forget_ids=(a1, ids["bob"][2]))) == COMMITTED
-    )  # bob's: not ann's
-    reference.forget(a1)
-    assert await store.submit(Unit("bob", 0, forget_user=True)) == COMMITTED
-    for mid in ids["bob"]:
-        reference.forget(mid)
+    await submit_both(both, Unit("ann", None, forget_ids=(a[0],)))
+    await submit_both(both, Unit("bob", 0, forget_user=True))
     assert await compare() > 15
-    assert await store.integrity_problems() == ["ok"]
+    assert await pg.integrity_problems() == ["ok"]
 
 
 # -- coherence: NOTIFY / LISTEN ---------------------------------------------------------------
@@ -488,6 +443,19 @@ async def test_claimed_rows_are_claimed_again_after_the_lease(postgres_url: str)
         await b.close()
 
 
+async def test_a_store_closed_cleanly_leaves_its_rows_to_others_at_once(postgres_url: str) -> None:
+    a, b = await opened(postgres_url), await opened(postgres_url)  # leases of a minute
+    try:
+        ids = await a.reserve_memory_ids(2)
+        await a.submit(Unit("ann", None, memories=tuple(new(memory(mid, "ann", "words")) for mid in ids)))
+        assert await b.unembedded() == []
+        await a.close()
+        assert [m.id for m in await b.unembedded()] == ids
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_dense_search_is_an_exact_scan_of_the_users_rows(store: PostgresStore) -> None:
     ids = await store.reserve_memory_ids(5)
     vecs = [
@@ -542,13 +510,12 @@ async def test_consistent_reads_see_one_snapshot_and_cannot_write(store: Postgre
 
 def test_the_location_never_shows_the_password() -> None:
     url = "postgresql://bot:s3cr%40t@db.example:5432/memory?sslmode=require&password=other"
-    masked = mask_url(url)
-    assert masked == "postgresql://bot:***@db.example:5432/memory?sslmode=require&password=***"
-    assert PostgresStore(url).location == masked
     assert (
-        mask_url("postgresql://postgres@/db?host=/tmp/s&port=5432")
-        == "postgresql://postgres@/db?host=/tmp/s&port=5432"
+        PostgresStore(url).location
+        == "postgresql://bot:***@db.example:5432/memory?sslmode=require&password=***"
     )
+    local = "postgresql://postgres@/db?host=/tmp/s&port=5432"
+    assert PostgresStore(local).location == local
 
 
 async def test_a_server_that_is_not_there_says_what_to_do(
@@ -562,6 +529,13 @@ async def test_a_server_that_is_not_there_says_what_to_do(
     assert "make postgres" in message
     assert "hunter2" not in message and "***" in message
     assert "hunter2" not in caplog.text
+
+
+async def test_a_missing_database_says_what_to_do(postgres_url: str) -> None:
+    url = postgres_url.replace("/test_", "/absent_", 1)
+    with pytest.raises(StorageError, match="create the database") as caught:
+        await PostgresStore(url).open()
+    assert "absent_" in str(caught.value)
 
 
 async def test_a_database_without_pgvector_says_what_to_do(
@@ -660,3 +634,101 @@ async def test_every_acknowledged_unit_survives_a_server_crash(
         assert versions == {**{f"u{i}": 1 for i in range(200)}, "late": 1}
     finally:
         await after.close()
+
+
+async def test_every_read_returns_what_sqlite_returns(both: tuple[SqliteStore, PostgresStore]) -> None:
+    lite, pg = both
+    ids = await pg.reserve_memory_ids(8)
+    day = timedelta(days=1)
+    plan = [  # (user, text, scope, kind, source, previous turn)
+        ("ann", "first words", "dm", "exchange", "m1", None),
+        ("ann", "second words", "dm", "exchange", "m2", 0),
+        ("ann", "a fact in a guild", "guild:2", "fact", None, None),
+        ("bob", "bob's note", "guild:2", "note", "m3", None),
+        ("bob", "bob again", "dm", "exchange", "m3", None),
+        ("ann", "third words", "guild:1", "exchange", None, 1),
+        ("cy", "cy speaks", "dm", "fact", None, None),
+        ("ann", "fourth", "dm", "note", "m9", None),
+    ]
+    versions: dict[str, int] = {}
+    for i, (uid, text, scope, kind, source, prev) in enumerate(plan):
+        version = versions.get(uid, 0)
+        m = memory(ids[i], uid, text, kind=kind, scope=scope, source_id=source, created_at=T0 + i * day)
+        link = None if prev is None else ids[prev]
+        ctx = context(uid, version + 1, version + 1, uid.title())
+        unit = Unit(uid, version, write(ctx, at=T0 + i * day), (new(m, "earlier" if link else "", link),))
+        await submit_both(both, unit)
+        versions[uid] = version + 1
+    edited = memory(
+        ids[1], "ann", "second words, edited", kind="exchange", source_id="m2", created_at=T0 + day
+    )
+    await submit_both(
+        both,
+        Unit(
+            "ann",
+            versions["ann"],
+            write(context("ann", versions["ann"] + 1, 9, "Ann"), at=T0 + 9 * day),
+            forget_ids=(ids[0],),
+            edits=(MemoryEdit(edited, edited.text),),
+            redactions=((2, '{"gone": 1}'),),
+            compact_before=T0 + 2 * day,
+            erasure=ErasureNote(T0 + 9 * day, "ann", "memory", 1),
+            embeddings=((ids[2], vector(1, 2, 3, 4)), (ids[5], vector(4, 3, 2, 1))),
+        ),
+    )
+    await submit_both(both, Unit("bob", None, embeddings=((ids[3], vector(0, 1, 0, 0)),)))
+    users = ["ann", "bob", "cy", "nobody"]
+    all_ids = [*ids, 10**9]
+
+    async def reads(s: SqliteStore | PostgresStore) -> list[object]:
+        out: list[object] = [
+            await s.load_contexts(),
+            await s.context_versions(users),
+            await s.memory_counts(),
+            await s.erasures(),
+            await s.users_with_history_before(T0 + 3 * day),
+            await s.memories_by_id(all_ids),
+            await s.memories_by_source("m3"),
+            await s.memories_in_scope("guild:2"),
+            await s.memories_in_scope("dm", "ann"),
+            await s.memories_before(T0 + 6 * day, ["exchange", "note"]),
+            await s.memories_before(T0 + 6 * day, ["exchange"], "ann"),
+            await s.session_neighbours(all_ids),
+            await s.embedding_watermark(),
+            sorted(await s.embedded_ids()),
+            await s.embeddings_for(all_ids),
+            await s.unembedded(),
+            [await s.count(t) for t in ("contexts", "context_history", "memories")],
+        ]
+        for uid in users:
+            out += [
+                await s.context_data(uid),
+                await s.stored_version(uid),
+                await s.history(uid),
+                await s.history_entry(uid, 1),
+                await s.history_since(uid, T0 + 4 * day),
+                await s.version_count(uid),
+                await s.erasures(uid),
+                await s.memories(uid),
+                await s.memories(uid, limit=2, offset=1),
+                await s.memories(uid, kinds=["exchange"], scopes=["dm", "guild:1"]),
+                sorted(await s.memory_ids(uid)),
+                await s.scoped_ids(uid, ["guild:2", "guild:1", "dm"]),
+                await s.scopes_of(uid),
+                await s.count_memories(uid),
+                await s.last_memory(uid),
+            ]
+        return out
+
+    lite_reads, pg_reads = await reads(lite), await reads(pg)
+    for n, (want, got) in enumerate(zip(lite_reads, pg_reads, strict=True)):
+        assert got == want, n
+
+
+def test_stems_stay_right_when_the_stem_cache_is_full() -> None:
+    tokens = user_terms("ann", "running runs ran yellow yes generously running").split()
+    expected = Stemmer().stems(tokens)
+    small = Stemmer(limit=4)
+    assert small.stems(tokens[:3]) == expected[:3]
+    assert small.stems(tokens) == expected  # more than the cache holds, some of them cached
+    assert expected[0] == expected[1] == expected[6] != expected[2]  # porter: run, run, ran

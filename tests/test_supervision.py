@@ -155,7 +155,8 @@ async def test_unarmed_faults_change_nothing(tmp_path: Path) -> None:
         assert isinstance(ctx, UserContext) and ctx.conversations_count == 1
         health = ms.health()
         assert health["state"] == "running"
-        assert set(health["tasks"]) == {str(name) for name in TaskName} - {"encoder batcher"}
+        # No change feed: only a shared store (PostgreSQL) listens for other processes.
+        assert set(health["tasks"]) == {str(name) for name in TaskName} - {"encoder batcher", "change feed"}
         assert health["tasks"].pop("model loader") == "ok"  # done: the model is ready
         assert set(health["tasks"].values()) == {"running"}
 

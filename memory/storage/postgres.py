@@ -15,7 +15,6 @@ import asyncio
 import contextvars
 import logging
 import os
-import re
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -23,13 +22,14 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from memory.errors import StorageError, SystemClosedError
 from memory.lexical import MAX_QUERY_TERMS, informative_terms
 from memory.records import ErasureRecord, HistoryEntry, Memory
+from memory.storage.postgres_connect import connection_error
 from memory.storage.postgres_lexical import Document, bm25_scores, query_stems, tsquery
 from memory.storage.postgres_notify import ChangeFeed
 from memory.storage.postgres_records import (
@@ -42,61 +42,25 @@ from memory.storage.postgres_records import (
 from memory.storage.postgres_schema import ID_BLOCK, SCHEMA_VERSION, TOTALS_SHARDS, migrate
 from memory.storage.postgres_writer import PostgresWriter
 from memory.storage.protocol import ChangeListener, Outcome, Unit
+from memory.storage.urls import masked_url
 from memory.supervisor import Supervisor, TaskName
 
 log = logging.getLogger(__name__)
 
 _CONNECTION_LOST = (
+    asyncpg.InternalClientError,  # a connection killed under an operation in progress
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
     OSError,
 )
-CLAIM_LEASE_SECONDS = 300.0
+CLAIM_LEASE_SECONDS = 60.0
 CLAIM_LIMIT = 10_000
 POOL_SIZE = 4
 CONNECT_TIMEOUT = 10.0
-_PINNED: contextvars.ContextVar[tuple[object, asyncpg.Connection, asyncio.Lock] | None] = (
-    contextvars.ContextVar("memory_bot_pg_pinned", default=None)
-)
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password (in the user part or a ``password=`` parameter) as ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _passwords(url: str) -> list[str]:
-    parts = urlsplit(url)
-    found = [unquote(m) for m in re.findall(r"(?:^|&)password=([^&]*)", parts.query)]
-    if parts.password:
-        found.append(unquote(parts.password))
-    return [p for p in found if p]
-
-
-def connection_error(url: str, exc: BaseException) -> StorageError:
-    """What went wrong reaching the server, and what to do; never the password."""
-    where = mask_url(url)
-    detail = str(exc)
-    for password in _passwords(url):
-        detail = detail.replace(password, "***")
-    if isinstance(exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
-        advice = "check the user and password in storage.postgres_url"
-    elif isinstance(exc, asyncpg.InvalidCatalogNameError):
-        advice = "create the database (createdb) or name an existing one in storage.postgres_url"
-    elif isinstance(exc, OSError | TimeoutError):
-        advice = "is the server running? start a local one with `make postgres`, or fix storage.postgres_url"
-    else:
-        advice = "check storage.postgres_url and the server's log"
-    return StorageError(f"cannot use PostgreSQL at {where}: {detail or type(exc).__name__}; {advice}")
+_Pinned = tuple[object, "asyncpg.Connection | PoolConnectionProxy[Any]", asyncio.Lock]
+_PINNED: contextvars.ContextVar[_Pinned | None] = contextvars.ContextVar("memory_bot_pg_pinned", default=None)
 
 
 class PostgresStore:
@@ -141,7 +105,7 @@ class PostgresStore:
 
     @property
     def location(self) -> str:
-        return mask_url(self._url)
+        return masked_url(self._url)
 
     async def connect(self, purpose: str, *, vectors: bool = True) -> asyncpg.Connection:
         """A connection of its own (the writer's, the listener's), with the vector codec
@@ -226,6 +190,20 @@ class PostgresStore:
                 await writer.close()
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 errors.append(StorageError(f"could not finish writing {self.location}: {exc}"))
+        if pool is not None and writer is not None:
+            try:
+                # What this process leased and did not embed is anyone's again at once; only a
+                # crash leaves rows waiting for their lease to run out.
+                await pool.execute(
+                    "UPDATE memories SET claimed_by = NULL, claimed_until = NULL"
+                    " WHERE claimed_by = $1 AND embedding IS NULL",
+                    self.token,
+                    timeout=CONNECT_TIMEOUT,
+                )
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+                errors.append(
+                    StorageError(f"could not release the embedding leases on {self.location}: {exc}")
+                )
         if pool is not None:
             try:
                 await pool.close()
@@ -296,13 +274,16 @@ class PostgresStore:
     def stats(self) -> dict[str, int]:
         w = self._writer
         if w is None:
-            return {"commit_queue": 0, "batches": 0, "units": 0, "largest_batch": 0, "conflicts": 0}
+            return {
+                "commit_queue": 0, "batches": 0, "units": 0, "largest_batch": 0, "conflicts": 0, "retries": 0,
+            }  # fmt: skip
         return {
             "commit_queue": w.queue_depth,
             "batches": w.batches,
             "units": w.units,
             "largest_batch": w.largest_batch,
             "conflicts": w.conflicts,
+            "retries": w.retries,
         }
 
     # -- reading -----------------------------------------------------------------------------
@@ -327,7 +308,7 @@ class PostgresStore:
                 except _CONNECTION_LOST:
                     continue
             return list(await pool.fetch(sql, *args))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
             raise StorageError(f"could not read {self.location}: {exc}") from exc
 
     @asynccontextmanager

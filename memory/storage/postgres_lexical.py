@@ -22,12 +22,14 @@ B = 0.75
 _STEM_CACHE_LIMIT = 200_000
 
 
-class _Stemmer:
-    """FTS5's tokenizer on an in-memory table: a document in, its stemmed tokens out in order."""
+class Stemmer:
+    """FTS5's tokenizer on an in-memory table: a document in, its stemmed tokens out in order,
+    with the stems of up to ``limit`` tokens remembered."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = _STEM_CACHE_LIMIT) -> None:
         self._db: sqlite3.Connection | None = None
         self._cache: dict[str, str] = {}
+        self._limit = limit
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -38,21 +40,22 @@ class _Stemmer:
         return self._db
 
     def stems(self, tokens: Sequence[str]) -> list[str]:
-        missing = list(dict.fromkeys(t for t in tokens if t not in self._cache))
+        if len(self._cache) + len(tokens) > self._limit:
+            self._cache.clear()  # before looking up: every token asked for must be stemmed now
+        found = {t: self._cache.get(t) for t in tokens}
+        missing = [t for t, stem in found.items() if stem is None]
         if missing:
-            if len(self._cache) + len(missing) > _STEM_CACHE_LIMIT:
-                self._cache.clear()
             db = self._conn()
             # One token per word (user_terms' tokens are [0-9a-z]), so offset i is missing[i].
             db.execute("INSERT INTO doc (rowid, t) VALUES (1, ?)", (" ".join(missing),))
             rows = db.execute("SELECT offset, term FROM doc_terms").fetchall()
             db.execute("DELETE FROM doc")
             for offset, term in rows:
-                self._cache[missing[offset]] = term
-        return [self._cache[t] for t in tokens]
+                found[missing[offset]] = self._cache[missing[offset]] = term
+        return [found[t] or "" for t in tokens]
 
 
-_STEMMER = _Stemmer()
+_STEMMER = Stemmer()
 
 
 def document_terms(user_id: str, text: str) -> list[str]:

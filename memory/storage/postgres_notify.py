@@ -47,9 +47,9 @@ class ChangeFeed:
         self.notifications = 0
         self.reconnects = 0
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         try:
-            message = orjson.loads(payload)
+            message = orjson.loads(str(payload))
             sender, users = message["p"], message["u"]
         except (ValueError, KeyError, TypeError) as exc:
             # Not ours to understand: what changed is unknown, so everything is revalidated.
@@ -76,7 +76,12 @@ class ChangeFeed:
             failures = 0
             try:
                 await self._listen(conn, first)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            except (
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ) as exc:
                 if failures == 0:
                     log.warning("change notifications from %s lost; reconnecting: %s", self._location, exc)
                 failures += 1

@@ -11,6 +11,11 @@ or SQLite's way does not carry over:
   own posting lists), ``doc_len`` what BM25 calls the document's length.
 - ``lexical_totals`` holds the table's row and token counts (BM25's average length, FTS5 keeps the
   same in its averages record), spread over a few rows so that processes do not queue on one.
+- A memory row stays in its page whole up to 8 kB (``toast_tuple_target``): a search reads the
+  user's rows one by one, and a vector or term list moved out to TOAST cost a second lookup each
+  (262 buffers for a 100-row user with the vector out of line). The GIN index's pending list is
+  kept small (256 kB, not 4 MB): every search scans that list whole until it is merged, and at
+  4 MB after a bulk load that cost 4 ms a search.
 - ``claimed_by`` / ``claimed_until``: which process's embedder a row is leased to (its writer, or
   who claimed it in ``unembedded``), so a crashed process's rows are claimed again once it runs out.
 - Ids come from the sequence ``memory_ids`` in blocks of ``ID_BLOCK`` (``reserve_memory_ids``).
@@ -72,14 +77,14 @@ def _v1_core(dim: int) -> list[str]:
                 (cardinality(body_terms) + cardinality(context_terms)) STORED,
             terms tsvector GENERATED ALWAYS AS
                 (array_to_tsvector(body_terms || context_terms)) STORED
-        )""",
+        ) WITH (toast_tuple_target = 8160)""",
         "CREATE INDEX memories_by_user ON memories (user_id, id)",
         "CREATE INDEX memories_by_user_scope ON memories (user_id, scope, id)",
         "CREATE INDEX memories_by_source ON memories (source_id) WHERE source_id IS NOT NULL",
         "CREATE INDEX memories_by_session_prev ON memories (session_prev) WHERE session_prev IS NOT NULL",
         "CREATE INDEX memories_unembedded ON memories (id) WHERE embedding IS NULL",
         "CREATE INDEX memories_by_created ON memories (created_at)",
-        "CREATE INDEX memories_terms ON memories USING gin (terms)",
+        "CREATE INDEX memories_terms ON memories USING gin (terms) WITH (gin_pending_list_limit = 256)",
         f"CREATE SEQUENCE memory_ids START 1 INCREMENT {ID_BLOCK}",
         """CREATE TABLE lexical_totals (
             shard integer PRIMARY KEY,

@@ -192,6 +192,14 @@ def _round(units: Sequence[Unit]) -> _Round:
     return r
 
 
+async def _row(conn: asyncpg.Connection, sql: str, *args: Any) -> asyncpg.Record:
+    """The one row of an aggregate."""
+    row = await conn.fetchrow(sql, *args)
+    if row is None:
+        raise AssertionError(f"no row from: {sql}")
+    return row
+
+
 async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: Totals, lease: Lease) -> None:
     """Everything ``units`` (at most one per user, all checked already) write, set-based."""
     r = _round(units)
@@ -199,13 +207,13 @@ async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: T
     redactions, contexts, history, memories = r.redactions, r.contexts, r.history, r.memories
     compact, erasures, vectors = r.compact, r.erasures, r.vectors
     if forget_users:
-        rows, tokens = await conn.fetchrow(FORGET_USERS_MEMORIES, forget_users)
+        rows, tokens = await _row(conn, FORGET_USERS_MEMORIES, forget_users)
         totals.rows -= rows
         totals.tokens -= tokens
         await conn.execute(FORGET_USERS_HISTORY, forget_users)
         await conn.execute(FORGET_USERS_CONTEXTS, forget_users)
     if forget:
-        gone, rows, tokens = await conn.fetchrow(FORGET_MEMORIES, *forget.columns)
+        gone, rows, tokens = await _row(conn, FORGET_MEMORIES, *forget.columns)
         totals.rows -= rows
         totals.tokens -= tokens
         if gone:
@@ -220,7 +228,7 @@ async def write_round(conn: asyncpg.Connection, units: Sequence[Unit], totals: T
         await conn.execute(UPSERT_CONTEXTS, *contexts.columns)
         await conn.execute(INSERT_HISTORY, *history.columns)
     if memories:
-        rows, tokens = await conn.fetchrow(INSERT_MEMORIES, *memories.columns, lease.owner, lease.seconds)
+        rows, tokens = await _row(conn, INSERT_MEMORIES, *memories.columns, lease.owner, lease.seconds)
         totals.rows += rows
         totals.tokens += tokens
     if compact:

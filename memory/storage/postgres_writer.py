@@ -124,6 +124,7 @@ class PostgresWriter:
         self.units = 0
         self.largest_batch = 0
         self.conflicts = 0
+        self.retries = 0  # batches run again after a deadlock or serialization failure
         self.notifies = 0
 
     def start(self) -> None:
@@ -203,9 +204,11 @@ class PostgresWriter:
             for pending in batch:
                 self._fail(pending, exc)
             return
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
             conn = self._conn
-            if conn is not None and not conn.is_closed():
+            # asyncpg's protocol can be left mid-operation by a connection killed under it (an
+            # InternalClientError on the ROLLBACK): that connection is as good as lost.
+            if conn is not None and not conn.is_closed() and not isinstance(exc, asyncpg.InternalClientError):
                 # The server refused the batch and rolled it back: nothing of it was written.
                 for pending in batch:
                     self._fail(pending, exc)
@@ -236,6 +239,7 @@ class PostgresWriter:
             except RETRYABLE as exc:
                 if attempt == RETRIES - 1:
                     raise
+                self.retries += 1
                 log.info("batch of %d units retried after: %s", len(units), exc)
         raise AssertionError("unreachable")
 
