@@ -82,14 +82,14 @@ lock: $(TOOLS_VENV)/.locked
 PG_FOLDER ?= data/pg
 
 postgres: install
-	$(PY) -m memory.pgcluster start $(PG_FOLDER)
+	$(PY) -m memory.storage.pgcluster start $(PG_FOLDER)
 
 # Two bot processes (one Discord shard each) on one local PostgreSQL memory; needs DISCORD_TOKEN.
 run-sharded: install
 	$(PY) -m bot.sharded --processes $(or $(PROCESSES),2) $(ARGS)
 
 postgres-stop: install
-	$(PY) -m memory.pgcluster stop $(PG_FOLDER)
+	$(PY) -m memory.storage.pgcluster stop $(PG_FOLDER)
 
 bench: install
 	$(PY) benchmarks/bench_context.py

@@ -23,7 +23,7 @@ from _common import emit, load_average, log, machine, parse_args, summarise, tem
 from memory import HashingEncoder, MemorySystem, load_settings
 from memory.cpu import int8_instruction_set
 from memory.lexical import query_terms
-from memory.pgcluster import LocalCluster
+from memory.storage.pgcluster import LocalCluster
 from memory.storage.postgres import PostgresStore
 
 WORDS = (

@@ -37,8 +37,8 @@ from _common import emit, load_average, log, machine, met, parse_args, percentil
 from memory.context import FrozenMap, UserContext
 from memory.cpu import int8_instruction_set
 from memory.lexical import query_terms
-from memory.pgcluster import LocalCluster
 from memory.records import Memory
+from memory.storage.pgcluster import LocalCluster
 from memory.storage.postgres import PostgresStore
 from memory.storage.protocol import Committed, ContextWrite, NewMemory, Unit
 from memory.storage.sqlite import SqliteStore

@@ -1,7 +1,7 @@
 """Run the bot as several processes, each a group of Discord shards, on one PostgreSQL memory.
 
 ``python -m bot.sharded --processes 2`` (``make run-sharded``) starts the local cluster of
-``memory.pgcluster`` unless ``MEMORY_BOT_STORAGE_POSTGRES_URL`` names a server, then one bot
+``memory.storage.pgcluster`` unless ``MEMORY_BOT_STORAGE_POSTGRES_URL`` names a server, then one bot
 process per shard group with ``storage.backend = postgres`` and its ``bot.shard_ids``. Ctrl-C
 (or SIGTERM) stops them all; the first to fail stops the rest. Each process is an ordinary
 ``python -m bot``: its own health endpoint needs its own port (``--health-port-base``).
@@ -21,7 +21,7 @@ from types import FrameType
 
 from bot.__main__ import EXIT_CONFIG, EXIT_INTERRUPTED, TOKEN_VARIABLE
 from memory.errors import LocalClusterError
-from memory.pgcluster import DEFAULT_FOLDER, LocalCluster
+from memory.storage.pgcluster import DEFAULT_FOLDER, LocalCluster
 
 URL_VARIABLE = "MEMORY_BOT_STORAGE_POSTGRES_URL"
 STOP_GRACE_SECONDS = 30.0

