@@ -89,7 +89,11 @@ class SemanticMemory:
         self._index: PerUserIndex | None = None
         # A store that keeps the vectors (PostgreSQL) is searched itself: no FAISS file to keep
         # coherent with other processes' writes and forgets.
-        self._store_dense = StoreDense(store) if isinstance(store, DenseSearch) else None
+        self._store_dense = (
+            StoreDense(store, self._faiss.run, settings.storage.faiss_shard_threshold)
+            if isinstance(store, DenseSearch)
+            else None
+        )
         self._last_sweep = 0.0
         self._retriever = Retriever(store, settings.retrieval, self._faiss.run)
         self._pending: deque[Memory] = deque()
@@ -563,6 +567,12 @@ class SemanticMemory:
             return False
         return True
 
+    def users_changed(self, user_ids: Sequence[str] | None) -> None:
+        """The vectors of ``user_ids`` changed (a forget or an edit, here or in another
+        process; None: anyone's may have): their cached shards are dropped."""
+        if self._store_dense is not None:
+            self._store_dense.drop(user_ids)
+
     async def forget(self, ids: Sequence[int]) -> None:
         """Drop the vectors of forgotten memories; the file follows within ``ERASURE_SAVE_DELAY``.
 
@@ -631,6 +641,14 @@ class SemanticMemory:
             "embedding_error": self._embed_error,
             "index_vectors": vectors,
             "index_users": users,
+            **(
+                {
+                    "shard_vectors": self._store_dense.cached_vectors,
+                    "shard_loads": self._store_dense.shard_loads,
+                }
+                if self._store_dense is not None
+                else {}
+            ),
             "index_path": str(self._index_path),
             **encoder_stats,
         }

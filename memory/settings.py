@@ -44,6 +44,9 @@ class StorageSettings:
     # one process. The URL may carry a password: it is masked wherever it is shown or logged.
     backend: str = field(default="sqlite", metadata=_rule(choices=("sqlite", "postgres")))
     postgres_url: str = ""
+    # PostgreSQL: a user with more vectors than this is searched in a FAISS shard of the process
+    # (filled from the database) instead of an exact scan in SQL.
+    faiss_shard_threshold: int = field(default=2000, metadata=_rule(low=0, high=100_000_000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -230,7 +230,7 @@ class MemorySystem:
                 for uid, data in await store.load_contexts()
             ]
         )
-        store.listen(self._cache.mark_stale)
+        store.listen(self._changed_elsewhere)
         report.users = len(self._cache.contexts)
         await self._start_semantic(data_dir, report)
         self._running()
@@ -243,6 +243,13 @@ class MemorySystem:
         if self.settings.encoder.kind == "hashing":
             return self.settings.encoder.hashing_dim
         return MINILM_DIM
+
+    def _changed_elsewhere(self, user_ids: Sequence[str] | None) -> None:
+        """Another process changed ``user_ids`` (None: anything may have changed)."""
+        self._cache.mark_stale(user_ids)
+        semantic = getattr(self, "_semantic", None)  # notifications begin before it exists
+        if semantic is not None:
+            semantic.users_changed(user_ids)
 
     async def _start_semantic(self, data_dir: Path, report: StartupReport) -> None:
         self._semantic = SemanticMemory(
@@ -696,6 +703,7 @@ class MemorySystem:
 
         async with self._locks.hold(uid):
             _, cancelled = await self._change_anyway(uid, build, actor)
+            self._semantic.users_changed([uid])
             cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
             audit.info(
                 "erasure: forgot user %s (%d memories, %d versions) at the request of %s",
@@ -754,6 +762,7 @@ class MemorySystem:
         assert draft is not None
         redacted = len(draft.redactions)
         self._cache.last_memory.pop(uid, None)
+        self._semantic.users_changed([uid])
         cancelled = await wait_for_commit(self._semantic.forget([m.id for m in memories])) or cancelled
         audit.info(
             "erasure: %s of user %s (%d memories, %d stored states redacted) at the request of %s",
@@ -901,6 +910,7 @@ class MemorySystem:
         edited = done
         self._cache.last_memory.pop(uid, None)
         ids = [m.id for m in edited]
+        self._semantic.users_changed([uid])
         cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
         self._semantic.committed(edited)  # embedded again from the new text
         return cancelled, draft.new is not None, edited

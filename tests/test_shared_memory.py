@@ -204,3 +204,33 @@ async def test_after_missed_notifications_every_cached_version_is_checked_in_one
         assert cache.reloads == 1
         alice = cache.get("alice")
         assert alice is not None and alice.version == 2
+
+
+async def test_a_large_users_faiss_shard_ranks_as_the_exact_scan_and_follows_other_processes(
+    postgres_url: str,
+) -> None:
+    def system(threshold: int) -> MemorySystem:
+        storage = {"backend": "postgres", "postgres_url": postgres_url, "faiss_shard_threshold": threshold}
+        return MemorySystem(
+            "unused-data-folder", settings=test_settings(storage=storage), encoder=HashingEncoder()
+        )
+
+    words = ["river", "garden", "violin", "harbour", "comet", "orchard", "lantern", "falcon"]
+    async with system(5) as sharded, system(1_000_000) as exact:
+        for i in range(40):
+            await exact.save_memory("alice", f"{words[i % 8]} {words[(i * 3) % 8]} note {i}")
+        await exact.save_memory("bob", "river garden violin")  # another user's: never a result
+        queries = ["river violin", "comet orchard lantern", "falcon harbour"]
+        for query in queries:
+            got = await sharded.retrieve_memory("alice", query, k=10)
+            want = await exact.retrieve_memory("alice", query, k=10)
+            assert [(r.memory.id, r.dense_score) for r in got] == [(r.memory.id, r.dense_score) for r in want]
+            assert all(r.memory.user_id == "alice" for r in got)
+        assert (await sharded.stats())["shard_loads"] == 1  # one shard, reused while current
+        # Another process adds and forgets: the shard follows the database, not its cache.
+        added = await exact.save_memory("alice", "saffron crocus meadow")
+        assert [r.memory.id for r in await exact.retrieve_memory("alice", "saffron", k=1)] == [added.id]
+        found = await sharded.retrieve_memory("alice", "saffron crocus meadow", k=1)
+        assert [r.memory.id for r in found] == [added.id] and found[0].dense_score is not None
+        await exact.forget_memory("alice", added.id)
+        assert all(r.memory.id != added.id for r in await sharded.retrieve_memory("alice", "saffron", k=10))

@@ -576,6 +576,16 @@ class PostgresStore:
         rows = await self._fetch(sql, *args)
         return [(r[0], float(r[1])) for r in rows]
 
+    async def embedded_state(self, user_id: str) -> tuple[int, int]:
+        """(how many of the user's memories have a vector, the highest such id): what a cached
+        copy of the user's vectors is checked against (one index-only count)."""
+        rows = await self._fetch(
+            "SELECT count(*), coalesce(max(id), 0) FROM memories"
+            " WHERE user_id = $1 AND embedding IS NOT NULL",
+            user_id,
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
     async def dense_scores(self, user_id: str, vector: bytes, ids: Sequence[int]) -> dict[int, float]:
         if not ids:
             return {}
