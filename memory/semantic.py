@@ -79,7 +79,7 @@ class SemanticMemory:
         self._faiss = SingleThreadWorker("memory-bot-faiss")
         self._index_lock = OrderedLock(LockLevel.INDEX)
         self._index: PerUserIndex | None = None
-        self._retriever = Retriever(store, settings.retrieval, self._faiss.run)
+        self._retriever = Retriever(store, settings.retrieval, self._faiss.run, settings.encoder.model)
         self._pending: deque[Memory] = deque()
         self._live: set[int] = set()
         self._pending_by_user: dict[str, int] = {}
