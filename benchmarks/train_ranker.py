@@ -181,17 +181,19 @@ def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> float:
     return 1000 * (time.process_time() - started) / max(1, len(samples))
 
 
-async def measure(data: Path, cache: Path, model: str | None = None) -> tuple[RankerModel, dict[str, Any]]:
+async def measure(
+    data: Path, cache: Path, encoder_model: str | None = None
+) -> tuple[RankerModel, dict[str, Any]]:
     """The model fitted on every conversation, and the figures: fusion, LOCO, in-sample."""
     started = time.perf_counter()
-    samples, features_ms = await pools(data, cache, model)
+    samples, features_ms = await pools(data, cache, encoder_model)
     _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
     by_c = {c: _table(samples, loco(samples, c)) for c in C_GRID}
     best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
     model = fit(samples, best_c)
     report = {
         "dataset": str(data),
-        "model": model or load_settings(environ={}).encoder.model,
+        "model": encoder_model or load_settings(environ={}).encoder.model,
         "questions": len(samples),
         "pool": POOL_SIZE,
         "features": len(FEATURES),

