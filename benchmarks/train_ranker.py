@@ -193,7 +193,7 @@ async def measure(
     model = fit(samples, best_c)
     report = {
         "dataset": str(data),
-        "model": encoder_model or load_settings(environ={}).encoder.model,
+        "model": encoder_model or load_settings().encoder.model,
         "questions": len(samples),
         "pool": POOL_SIZE,
         "features": len(FEATURES),
@@ -230,7 +230,8 @@ def main() -> None:
         target = args.weights or weights_path(report["model"])
         spec = models.find(report["model"])
         stage1 = spec.name if spec else report["model"]
-        info = {"C": report["C"], "loco_recall@10": loco_r10, "trained_on": "locomo-dev", "stage1_model": stage1}
+        info = {"C": report["C"], "loco_recall@10": loco_r10, "trained_on": "locomo-dev"}
+        info["stage1_model"] = stage1
         model.save(target, info)
         _log(f"wrote {target}")
     text = json.dumps(report, indent=2)
