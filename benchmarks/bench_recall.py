@@ -201,7 +201,7 @@ async def main() -> None:
         if args.loco:
             from train_ranker import measure  # the training script's own pools and folds
 
-            report["leave_one_conversation_out"] = (await measure(args.data, args.cache))[1]
+            report["leave_one_conversation_out"] = (await measure(args.data, args.cache, args.model))[1]
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     emit(report, args.out)

@@ -1,4 +1,4 @@
-"""Train the reranker (memory/ranker.py) on locomo-dev and write memory/ranker_weights.json.
+"""Train the reranker (memory/ranker.py) on locomo-dev and write the model's weights file.
 
 The candidates and features are those the running system computes: the conversations are
 stored through ``MemorySystem`` (one exchange memory per turn, the session time as its time,
@@ -12,7 +12,11 @@ scikit-learn is needed here only (it comes with sentence-transformers); the runn
 reads the JSON with numpy. The built database and the query vectors are cached under /tmp
 (``--cache``), never in the repository: embedding the set is slow on a busy machine.
 
-    .venv/bin/python benchmarks/train_ranker.py [--data DIR] [--cache DIR] [--no-write]
+The second stage learns from the first stage's scores, so each embedding model has its own
+weights (memory/models.py names the file): ``--model all-mpnet-base-v2`` trains on mpnet's
+dense scores and writes memory/ranker_weights_mpnet.json.
+
+    .venv/bin/python benchmarks/train_ranker.py [--model NAME] [--data DIR] [--cache DIR] [--no-write]
 """
 
 from __future__ import annotations
@@ -31,17 +35,17 @@ from typing import Any
 import numpy as np
 from bench_recall import DEFAULT_DATA, Question, build, load, recall_table
 
-from memory import load_settings
+from memory import load_settings, models
 from memory.index import PerUserIndex
 from memory.inspector import Inspector, open_encoder
 from memory.ranker import (
     FEATURES,
     MODEL_FEATURES,
     POOL_SIZE,
-    WEIGHTS_FILE,
     RankerModel,
     expand,
     final_order,
+    weights_path,
 )
 from memory.records import Memory
 from memory.retrieval import Retriever
@@ -97,10 +101,11 @@ async def query_vectors(texts: Sequence[str], cache: Path, settings: Any, model:
     return vectors
 
 
-async def pools(data: Path, cache: Path) -> tuple[list[Sample], float]:
+async def pools(data: Path, cache: Path, model: str | None = None) -> tuple[list[Sample], float]:
     """Every question's candidate pool and features, from the shipped retrieval code, and the
-    CPU milliseconds per query of computing the features."""
-    settings = load_settings(overrides={"retrieval": {"reranker": False}})  # pools need no model
+    CPU milliseconds per query of computing the features (``model``: encoder.model)."""
+    encoder = {"model": model} if model else {}
+    settings = load_settings(overrides={"encoder": encoder, "retrieval": {"reranker": False}})
     folder = await cached_database(data, cache, settings)
     _, questions = load(data, None)
     questions = [q for q in questions if q.evidence]
@@ -164,6 +169,32 @@ def loco(samples: Sequence[Sample], c: float) -> list[list[str]]:
     return [orders[i] for i in range(len(samples))]
 
 
+def loco_with_gbm(samples: Sequence[Sample], c: float) -> dict[str, list[list[str]]]:
+    """Leave-one-conversation-out orders of a gradient-boosted model and of the mean of its
+    probability and the logistic regression's (the issue's ensemble; measured, not shipped)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier  # type: ignore[import-untyped]
+
+    orders: dict[str, dict[int, list[str]]] = {"gbm": {}, "mean_lr_gbm": {}}
+    for user in sorted({s.question.user for s in samples}):
+        train = [s for s in samples if s.question.user != user]
+        y = np.concatenate([[i in s.question.evidence for i in s.ids] for s in train]).astype(int)
+        gbm = HistGradientBoostingClassifier(
+            max_iter=300,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            min_samples_leaf=40,
+            l2_regularization=1.0,
+            random_state=0,
+        ).fit(np.vstack([s.x for s in train]), y)
+        lr = fit(train, c)
+        for i, s in enumerate(samples):
+            if s.question.user == user:
+                p_gbm = gbm.predict_proba(s.x)[:, 1]
+                for name, scores in (("gbm", p_gbm), ("mean_lr_gbm", (p_gbm + lr.scores(s.x)) / 2)):
+                    orders[name][i] = [s.ids[j] for j in final_order(s.memories, s.x, scores)]
+    return {name: [found[i] for i in range(len(samples))] for name, found in orders.items()}
+
+
 def _table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, dict[str, Any]]:
     return recall_table((s.question, order) for s, order in zip(samples, orders, strict=True))
 
@@ -176,16 +207,19 @@ def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> float:
     return 1000 * (time.process_time() - started) / max(1, len(samples))
 
 
-async def measure(data: Path, cache: Path) -> tuple[RankerModel, dict[str, Any]]:
+async def measure(
+    data: Path, cache: Path, encoder_model: str | None = None, *, ensemble: bool = False
+) -> tuple[RankerModel, dict[str, Any]]:
     """The model fitted on every conversation, and the figures: fusion, LOCO, in-sample."""
     started = time.perf_counter()
-    samples, features_ms = await pools(data, cache)
+    samples, features_ms = await pools(data, cache, encoder_model)
     _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
     by_c = {c: _table(samples, loco(samples, c)) for c in C_GRID}
     best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
     model = fit(samples, best_c)
     report = {
         "dataset": str(data),
+        "model": encoder_model or load_settings().encoder.model,
         "questions": len(samples),
         "pool": POOL_SIZE,
         "features": len(FEATURES),
@@ -198,6 +232,9 @@ async def measure(data: Path, cache: Path) -> tuple[RankerModel, dict[str, Any]]
         "reranked_loco": by_c[best_c],
         "reranked_in_sample": _table(samples, rerank(model, samples)),
     }
+    if ensemble:
+        for name, orders in loco_with_gbm(samples, best_c).items():
+            report[f"{name}_loco"] = _table(samples, orders)
     return model, report
 
 
@@ -207,16 +244,28 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the locomo-dev folder")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/memory-bot-ranker"), help="cache folder")
+    parser.add_argument("--model", help="encoder.model of stage 1 (default: the configured model)")
+    parser.add_argument(
+        "--weights", type=Path, help="the weights file to write (default: the model's, memory/models.py)"
+    )
     parser.add_argument("--no-write", action="store_true", help="measure only; keep the weights file")
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also measure GBM and the mean of LR and GBM (LOCO; slow)"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"train_ranker: no dataset at {args.data}; pass --data")
-    model, report = asyncio.run(measure(args.data, args.cache))
+    model, report = asyncio.run(measure(args.data, args.cache, args.model, ensemble=args.ensemble))
     if not args.no_write:
         loco_r10 = report["reranked_loco"]["overall"]["recall@10"]
-        model.save(WEIGHTS_FILE, {"C": report["C"], "loco_recall@10": loco_r10, "trained_on": "locomo-dev"})
-        _log(f"wrote {WEIGHTS_FILE}")
+        target = args.weights or weights_path(report["model"])
+        spec = models.find(report["model"])
+        stage1 = spec.name if spec else report["model"]
+        info = {"C": report["C"], "loco_recall@10": loco_r10, "trained_on": "locomo-dev"}
+        info["stage1_model"] = stage1
+        model.save(target, info)
+        _log(f"wrote {target}")
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

