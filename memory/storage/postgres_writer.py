@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from typing import TypeAlias
 
 import asyncpg
 import orjson
 
-from memory.errors import BackgroundTaskError, StorageError, SystemClosedError
+from memory.errors import StorageError
+from memory.storage.batch_writer import BatchWriter, Queued
 from memory.storage.postgres_schema import NOTIFY_CHANNEL
 from memory.storage.postgres_units import (
     ADD_TOTALS,
@@ -31,11 +32,10 @@ from memory.storage.postgres_units import (
     write_round,
 )
 from memory.storage.protocol import COMMITTED, Conflict, Outcome, Unit
-from memory.supervisor import Supervisor, TaskName
+from memory.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-YIELDS_BEFORE_DRAIN = 3
 # A deadlock can still come from rows outside the contexts (two processes forgetting the same
 # memories): PostgreSQL aborts one transaction, which is then run again.
 RETRIES = 5
@@ -53,10 +53,7 @@ DATA_ERRORS = (
 )
 
 
-@dataclass(slots=True)
-class _Pending:
-    unit: Unit
-    future: asyncio.Future[Outcome]
+_Pending: TypeAlias = Queued[Unit, Outcome]
 
 
 def notify_payloads(token: str, users: Sequence[str]) -> list[str]:
@@ -94,7 +91,7 @@ def _notifies(unit: Unit) -> bool:
     )
 
 
-class PostgresWriter:
+class PostgresWriter(BatchWriter[Unit, Outcome]):
     """The one writer of a process: a queue of units and the task that commits them in batches."""
 
     def __init__(
@@ -107,92 +104,30 @@ class PostgresWriter:
         supervisor: Supervisor,
         lease_seconds: float,
     ) -> None:
+        super().__init__(max_batch, supervisor)
         self._lease = Lease(token, lease_seconds)
         self._connect = connect
         self._conn: asyncpg.Connection | None = None
         self._location = location
         self._token = token
         self._shard = shard
-        self._max_batch = max_batch
-        self._supervisor = supervisor
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._batch: list[_Pending] = []
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        self._dead: BackgroundTaskError | None = None
-        self.batches = 0
-        self.units = 0
-        self.largest_batch = 0
         self.conflicts = 0
         self.retries = 0  # batches run again after a deadlock or serialization failure
         self.notifies = 0
 
-    def start(self) -> None:
-        self._task = self._supervisor.spawn(TaskName.COMMIT_WRITER, self._run, self._died)
-
     def submit(self, unit: Unit) -> asyncio.Future[Outcome]:
-        if self._dead is not None:
-            raise self._dead.with_traceback(None)
-        if self._closed:
-            raise SystemClosedError("the store is closed; start a new MemorySystem to write")
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(unit, future))
-        return future
-
-    @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._enqueue(unit)
 
     async def close(self) -> None:
         """Commit everything queued, then stop."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put_nowait(None)
-        if self._task is not None:
-            await self._task
+        await self._drain()
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()
 
-    def _died(self, error: BackgroundTaskError) -> None:
-        self._dead = error
-        waiting = [*self._batch]
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if pending is not None:
-                waiting.append(pending)
-        self._batch = []
-        for pending in waiting:
-            if not pending.future.done():
-                pending.future.set_exception(error)
-
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            for _ in range(YIELDS_BEFORE_DRAIN):  # let woken callers queue their next unit
-                await asyncio.sleep(0)
-            batch: list[_Pending] = []
-            if first is None:
-                stopping = True
-            else:
-                batch.append(first)
-            while len(batch) < self._max_batch and not self._queue.empty():
-                pending = self._queue.get_nowait()
-                if pending is None:
-                    stopping = True
-                    continue
-                batch.append(pending)
-            if batch:
-                self._batch = batch
-                self._supervisor.fault_point(TaskName.COMMIT_WRITER)
-                await self._commit_batch(batch)
-                self._batch = []
-
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
-            outcomes = await self._commit_retrying([p.unit for p in batch])
+            outcomes = await self._commit_retrying([p.item for p in batch])
         except DATA_ERRORS as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
@@ -221,13 +156,8 @@ class PostgresWriter:
             for pending in batch:
                 self._fail(pending, exc, unknown=True)
             return
-        self.batches += 1
-        self.units += len(batch)
-        self.largest_batch = max(self.largest_batch, len(batch))
         self.conflicts += sum(1 for o in outcomes if isinstance(o, Conflict))
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(outcome)
+        self._committed(batch, outcomes)
 
     async def _commit_retrying(self, units: list[Unit]) -> list[Outcome]:
         if self._conn is None:
