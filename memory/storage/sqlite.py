@@ -20,12 +20,13 @@ import aiofiles.os
 import orjson
 
 from memory.coalesce import Coalesced
-from memory.context import UserContext, freeze_json, parse_stored_json, parse_time, stored_row
+from memory.context import parse_time
 from memory.errors import StorageError, SystemClosedError
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25
 from memory.records import ErasureRecord, HistoryEntry, Memory
 from memory.storage.group_commit import GroupCommitWriter, Statement
 from memory.storage.protocol import COMMITTED, ChangeListener, Outcome, Unit
+from memory.storage.rows import history_entry, memory_from_row
 from memory.storage.sqlite_connection import AsyncConnection, sqlite3
 from memory.storage.sqlite_errors import (
     _NO_ACCESS,
@@ -393,11 +394,11 @@ class SqliteStore:
 
     async def history(self, user_id: str) -> list[HistoryEntry]:
         rows = await self.fetch(f"{HISTORY_SELECT} WHERE user_id = ? ORDER BY version", (user_id,))
-        return [_history_entry(r, self.path) for r in rows]
+        return [history_entry(r, self.path) for r in rows]
 
     async def history_entry(self, user_id: str, version: int) -> HistoryEntry | None:
         rows = await self.fetch(f"{HISTORY_SELECT} WHERE user_id = ? AND version = ?", (user_id, version))
-        return _history_entry(rows[0], self.path) if rows else None
+        return history_entry(rows[0], self.path) if rows else None
 
     async def memories(
         self,
@@ -517,7 +518,7 @@ class SqliteStore:
         rows = await self.fetch(
             f"{HISTORY_SELECT} WHERE user_id = ? AND at >= ? ORDER BY version", (user_id, at.isoformat())
         )
-        return [_history_entry(r, self.path) for r in rows]
+        return [history_entry(r, self.path) for r in rows]
 
     async def erasures(self, user_id: str | None = None) -> list[ErasureRecord]:
         """The erasure log, oldest first: every forget, with no content."""
@@ -664,35 +665,7 @@ HISTORY_SELECT = (
 )
 
 
-def _history_entry(row: sqlite3.Row | tuple[Any, ...], path: Path) -> HistoryEntry:
-    where = f"the context_history row of user {row[0]!r} at version {row[1]}"
-    with stored_row(path, where):
-        return HistoryEntry(
-            user_id=row[0],
-            version=row[1],
-            at=parse_time("at", row[2]),
-            actor=row[3],
-            change=freeze_json(parse_stored_json(row[4], path, where)),
-            context=UserContext.from_dict(parse_stored_json(row[5], path, where)),
-        )
-
-
 MEMORY_COLUMNS = "id, user_id, text, kind, created_at, CAST(metadata AS BLOB), source_id, scope"
-
-
-def memory_from_row(row: sqlite3.Row | tuple[Any, ...], path: Path) -> Memory:
-    where = f"the memories row {row[0]} (of user {row[1]!r})"
-    with stored_row(path, where):
-        return Memory(
-            id=row[0],
-            user_id=row[1],
-            text=row[2],
-            kind=row[3],
-            created_at=parse_time("created_at", row[4]),
-            metadata=freeze_json(parse_stored_json(row[5], path, where)),
-            source_id=row[6],
-            scope=row[7],
-        )
 
 
 def _fts_phrase(term: str) -> str:
