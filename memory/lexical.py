@@ -108,7 +108,7 @@ def query_terms(user_id: str, text: str) -> list[str]:
     return list(dict.fromkeys(key + _term(w) for w in kept))
 
 
-# SQLite refuses a compound SELECT of more than 500 parts (SQLITE_MAX_COMPOUND_SELECT) and the
+# SQLite refuses a compound query of more than 500 parts (SQLITE_MAX_COMPOUND_SELECT) and its
 # lexical search is one part per term plus one; past a few dozen rare terms BM25's order barely
 # moves, while every term costs a posting-list read.
 MAX_QUERY_TERMS = 64
