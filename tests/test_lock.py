@@ -15,7 +15,6 @@ from requirements.lockcheck import Lock, declared, env_problems, parse_lock, pyp
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 LOCK = ROOT / "requirements" / "lock.txt"
-ONNX_LOCK = ROOT / "requirements" / "lock-onnx.txt"
 DEV_TOOLS = (
     "ruff",
     "mypy",
@@ -44,8 +43,8 @@ def edited_pyproject(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("lock_path", [LOCK, ONNX_LOCK], ids=["default", "onnx"])
-def test_each_lock_pins_every_declared_dependency_within_its_bounds(lock_path: Path) -> None:
+def test_the_lock_pins_every_declared_dependency_within_its_bounds() -> None:
+    lock_path = LOCK
     lock = read_lock(lock_path)
     with PYPROJECT.open("rb") as file:
         requirements = declared(tomllib.load(file), lock.extras)
@@ -64,20 +63,19 @@ def test_the_default_lock_pins_the_dev_tools_and_the_cpu_torch_exactly() -> None
     assert lock.python == f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
-@pytest.mark.parametrize("lock_path", [LOCK, ONNX_LOCK], ids=["default", "onnx"])
-def test_every_pin_carries_a_hash(lock_path: Path) -> None:
-    text = lock_path.read_text(encoding="utf-8")
+def test_every_pin_carries_a_hash() -> None:
+    text = LOCK.read_text(encoding="utf-8")
     blocks = re.split(r"\n(?=[a-z0-9])", text)
     pinned = [block for block in blocks if "==" in block.split("\n", 1)[0]]
     assert len(pinned) == len(parse_lock(text).pins)
     assert [block.split()[0] for block in pinned if "--hash=sha256:" not in block] == []
 
 
-def test_the_onnx_lock_keeps_its_older_stack_out_of_the_default_one() -> None:
-    default, onnx = read_lock(LOCK), read_lock(ONNX_LOCK)
-    assert onnx.pins["transformers"] == "4.57.6"
-    assert "optimum" not in default.pins
-    assert default.pins["transformers"] != onnx.pins["transformers"]
+def test_the_default_backend_runs_on_locked_onnxruntime_without_optimum() -> None:
+    lock = read_lock(LOCK)
+    assert lock.pins["onnxruntime"] == "1.31.1"
+    assert {"onnx", "tokenizers", "transformers"} <= set(lock.pins)
+    assert not [name for name in lock.pins if name.startswith("optimum")]
 
 
 def test_a_dependency_added_to_pyproject_only_fails_the_check(tmp_path: Path) -> None:

@@ -245,15 +245,16 @@ class PostgresStore:
         which is the database's own upkeep (autovacuum); there is no separate lexical index
         holding terms of its own, as FTS5 does. Backups (``pg_dump``) must be handled apart."""
 
-    async def set_embedding_model(self, model: str) -> None:
+    async def set_embedding_model(self, model: str, *, keep_vectors: bool = False) -> None:
         pool = self._require_pool()
         async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE memories SET embedding = NULL, claimed_by = NULL, claimed_until = NULL"
-                " WHERE embedding IS NOT NULL"
-                " AND EXISTS (SELECT 1 FROM meta WHERE key = 'embedding_model' AND value <> $1)",
-                model,
-            )
+            if not keep_vectors:
+                await conn.execute(
+                    "UPDATE memories SET embedding = NULL, claimed_by = NULL, claimed_until = NULL"
+                    " WHERE embedding IS NOT NULL"
+                    " AND EXISTS (SELECT 1 FROM meta WHERE key = 'embedding_model' AND value <> $1)",
+                    model,
+                )
             await conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('embedding_model', $1)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

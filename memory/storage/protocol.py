@@ -149,8 +149,9 @@ class Store(Protocol):
         """Make deleted rows leave the files, where the backend keeps them a while."""
         ...
 
-    async def set_embedding_model(self, model: str) -> None:
-        """Record the embedding model; embeddings of another model are dropped to be remade."""
+    async def set_embedding_model(self, model: str, *, keep_vectors: bool = False) -> None:
+        """Record the embedding model; embeddings of another model are dropped to be remade,
+        unless ``keep_vectors`` (the same model's vectors under a new name)."""
         ...
 
     def listen(self, listener: ChangeListener) -> None:

@@ -296,8 +296,8 @@ class SqliteStore:
         first, self._next_id = self._next_id, self._next_id + count
         return list(range(first, first + count))
 
-    async def set_embedding_model(self, model: str) -> None:
-        await self.commit(model_change_statements(model))
+    async def set_embedding_model(self, model: str, *, keep_vectors: bool = False) -> None:
+        await self.commit(model_change_statements(model, keep_vectors))
 
     async def context_versions(self, user_ids: Sequence[str]) -> dict[str, int]:
         if not user_ids:

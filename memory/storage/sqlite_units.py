@@ -139,10 +139,12 @@ def forget_user_statements(user_id: str) -> list[Statement]:
     ]
 
 
-def model_change_statements(model: str) -> list[Statement]:
-    """Record the embedding model; embeddings of another model are dropped to be remade."""
+def model_change_statements(model: str, keep_vectors: bool = False) -> list[Statement]:
+    """Record the embedding model; embeddings of another model are dropped to be remade, unless
+    ``keep_vectors`` (the same model under a new name)."""
+    drop: list[Statement] = [("UPDATE memories SET embedding = NULL WHERE embedding IS NOT NULL", ())]
     return [
-        ("UPDATE memories SET embedding = NULL WHERE embedding IS NOT NULL", ()),
+        *([] if keep_vectors else drop),
         (
             "INSERT INTO meta (key, value) VALUES ('embedding_model', ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
