@@ -71,6 +71,7 @@ class EncoderSettings:
     onnx_quantized: bool = False
     onnx_cache: str = ""  # where ONNX exports live; "" = the user's cache (memory/onnx_export.py)
     batch_size: int = field(default=64, metadata=_rule(low=1, high=4096))
+    background_nice: int = field(default=19, metadata=_rule(low=0, high=19))
     batch_wait_ms: float = field(default=0.0, metadata=_rule(low=0, high=1000))
     hashing_dim: int = field(default=384, metadata=_rule(low=8, high=4096))
     ready_wait_ms: float = field(default=300.0, metadata=_rule(low=0, high=600_000))

