@@ -1,13 +1,15 @@
-"""Import + load of the shipped model: sentence-transformers (the old loader) against transformers'
-AutoModel + mean pooling (memory/torch_backend.py), each in a fresh interpreter.
+"""Import + load of the shipped model, and its query CPU, for each way of running it: sentence-
+transformers (the old loader), transformers' AutoModel + mean pooling (memory/torch_backend.py),
+and the ONNX export on onnxruntime (memory/onnx_backend.py, float32 and int8), each in a fresh
+interpreter.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_loader.py [--quick] [--out FILE]``
 
 Each round times, from the parent's clock before spawning, a child that imports its loader,
-loads the packaged all-MiniLM-L6-v2 in float32 and embeds one text; old and new alternate so
-a busy machine slows both alike (3 rounds, 1 with --quick; medians). The children also report
-which of scikit-learn, scipy.stats and sentence-transformers they imported, and the parent
-checks that both loaders give the same vectors.
+loads the packaged all-MiniLM-L6-v2 and embeds one text, then the CPU time of 30 one-text
+queries; the loaders alternate so a busy machine slows all alike (3 rounds, 1 with --quick;
+medians). The children also report which heavy libraries they imported, and the parent checks
+the vectors against sentence-transformers'. The ONNX export must exist (``make install``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from _common import log, met, run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
+LOADERS = ("old", "torch", "onnx", "onnx-int8")
 
 PROBE = """
 import json, sys, time
@@ -31,21 +34,39 @@ t0 = float(sys.argv[2])
 from memory.encoder import PACKAGED_MODEL, quiet_model_libraries, resolve_model_path
 quiet_model_libraries()
 path = resolve_model_path(PACKAGED_MODEL)
+QUERY = "where does my sister live?"
 if sys.argv[1] == "old":
     from sentence_transformers import SentenceTransformer
     imported = time.time() - t0
     model = SentenceTransformer(path, device="cpu", local_files_only=True)
-    vector = model.encode(["where does my sister live?"], normalize_embeddings=True)[0]
+    def embed(text):
+        return model.encode([text], normalize_embeddings=True)[0]
 else:
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-    from memory.torch_backend import load_torch_model
     from memory.encoder import run_model
-    imported = time.time() - t0
-    model = load_torch_model(path, "float32", 1)
-    vector = run_model(model, ["where does my sister live?"])[0]
-heavy = sorted(m for m in ("sklearn", "scipy.stats", "sentence_transformers") if m in sys.modules)
-print("RESULT=" + json.dumps({"imported_s": imported, "loaded_s": time.time() - t0,
+    if sys.argv[1] == "torch":
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from memory.torch_backend import load_torch_model
+        imported = time.time() - t0
+        model = load_torch_model(path, "float32", 1)
+    else:
+        import onnxruntime, tokenizers
+        from memory.onnx_backend import load_onnx_model
+        imported = time.time() - t0
+        model = load_onnx_model(path, sys.argv[1] == "onnx-int8", 1)
+    def embed(text):
+        return run_model(model, [text])[0]
+vector = embed(QUERY)
+loaded = time.time() - t0
+for i in range(5):
+    embed(QUERY + str(i))
+cpu = time.thread_time()
+for i in range(30):
+    embed(f"what did I tell you about topic {i} last week?")
+query_cpu_ms = (time.thread_time() - cpu) / 30 * 1000
+names = ("torch", "transformers", "sklearn", "scipy", "sentence_transformers")
+heavy = sorted(m for m in names if m in sys.modules)
+print("RESULT=" + json.dumps({"imported_s": imported, "loaded_s": loaded, "query_cpu_ms": query_cpu_ms,
                               "heavy": heavy, "vector": [float(x) for x in vector]}), flush=True)
 """
 
@@ -67,28 +88,31 @@ def probe(loader: str) -> dict[str, Any]:
 
 async def run(quick: bool, seed: int) -> dict[str, Any]:
     rounds = 1 if quick else 3
-    samples: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+    samples: dict[str, list[dict[str, Any]]] = {loader: [] for loader in LOADERS}
     for n in range(rounds):
-        for loader in ("old", "new"):
-            log(f"round {n + 1}/{rounds}: {loader} loader")
+        for loader in LOADERS:
+            log(f"round {n + 1}/{rounds}: {loader}")
             samples[loader].append(probe(loader))
-    old_vector = samples["old"][0]["vector"]
-    new_vector = samples["new"][0]["vector"]
-    cosine = sum(a * b for a, b in zip(old_vector, new_vector, strict=True))
+    reference = samples["old"][0]["vector"]
     result: dict[str, Any] = {"command": "benchmarks/bench_loader.py" + (" --quick" if quick else "")}
     for loader, runs in samples.items():
+        vector = runs[0]["vector"]
         result[loader] = {
             "import_s": round(statistics.median(r["imported_s"] for r in runs), 2),
             "import_and_load_s": round(statistics.median(r["loaded_s"] for r in runs), 2),
             "all_import_and_load_s": [round(r["loaded_s"], 2) for r in runs],
+            "query_cpu_ms": round(statistics.median(r["query_cpu_ms"] for r in runs), 2),
+            "cosine_to_sentence_transformers": round(
+                sum(a * b for a, b in zip(reference, vector, strict=True)), 7
+            ),
             "heavy_modules": runs[0]["heavy"],
         }
-    result["cosine_old_new"] = round(cosine, 7)
+    torch = result["torch"]
     result["ratios"] = {
-        "import_and_load_old_over_new": round(
-            result["old"]["import_and_load_s"] / result["new"]["import_and_load_s"], 2
-        ),
-        "import_old_over_new": round(result["old"]["import_s"] / result["new"]["import_s"], 2),
+        f"{key}_{loader}_over_torch": round(result[loader][key] / torch[key], 3)
+        for loader in LOADERS
+        if loader != "torch"
+        for key in ("import_and_load_s", "query_cpu_ms")
     }
     return result
 
@@ -96,10 +120,13 @@ async def run(quick: bool, seed: int) -> dict[str, Any]:
 def finish(result: dict[str, Any], quick: bool) -> dict[str, Any]:
     return {
         "targets": {
-            "same vectors: 1 - cosine <= 1e-5": met(round(1 - result["cosine_old_new"], 7), 1e-5),
-            "new loader imports no sklearn / scipy.stats / sentence_transformers": {
-                "value": result["new"]["heavy_modules"],
-                "met": not result["new"]["heavy_modules"],
+            "torch and onnx float32 give the same vectors: 1 - cosine <= 1e-5": met(
+                round(1 - min(result[x]["cosine_to_sentence_transformers"] for x in ("torch", "onnx")), 7),
+                1e-5,
+            ),
+            "onnx imports no torch / transformers / scipy": {
+                "value": result["onnx"]["heavy_modules"],
+                "met": not result["onnx"]["heavy_modules"],
             },
         }
     }

