@@ -15,6 +15,7 @@ halving the bytes is what pays. Two threads: 8.7 / 5.3 ms, but they spin and sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -22,7 +23,6 @@ import re
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -38,6 +38,7 @@ from memory.onnx_backend import load_onnx_model
 from memory.settings import EncoderSettings
 from memory.supervisor import Supervisor, TaskName
 from memory.torch_backend import TorchModel, load_torch_model
+from memory.urgent_lane import UrgentLane
 from memory.workers import SingleThreadWorker
 
 log = logging.getLogger(__name__)
@@ -304,11 +305,7 @@ class SentenceTransformerEncoder:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         # The urgent lane: a second thread and tokenizer over the same weights.
-        self._urgent_worker = SingleThreadWorker("memory-bot-encoder-urgent")
-        self._urgent_model: PooledModel | None = None
-        self._urgent_queue: deque[_Request] = deque()
-        self._urgent_runner: asyncio.Future[None] | None = None
-        self.urgent_batches = 0
+        self._urgent = UrgentLane("memory-bot-encoder-urgent", settings.batch_size)
         self.batches = 0
         self.texts = 0
         self.largest_batch = 0
@@ -338,7 +335,9 @@ class SentenceTransformerEncoder:
                 lower_this_threads_priority, self._settings.background_nice
             )
         self._dim = await self._worker.run(self._load_model)
-        self._urgent_model = await self._urgent_worker.run(self._prepare_urgent_lane, self._model)
+        assert self._model is not None
+        urgent_model = await self._urgent.prepare(self._prepare_urgent_lane, self._model)
+        self._urgent.start(functools.partial(run_model, urgent_model))
         self._task = self._supervisor.spawn(TaskName.ENCODER_BATCHER, self._batch_loop, self._died)
 
     def _load_model(self) -> int:
@@ -412,38 +411,14 @@ class SentenceTransformerEncoder:
 
     async def encode_urgent(self, texts: Sequence[str]) -> Vectors:
         """Texts someone waits for (a query, the asker's own pending memories): run on a second
-        thread with the same weights, so they never queue behind the background batch in flight.
-        Concurrent urgent calls share model calls, as ``encode``'s do."""
+        thread with the same weights (memory/urgent_lane.py), so they never queue behind the
+        background batch in flight. Concurrent urgent calls share model calls."""
         self._check_open()
-        if self._urgent_model is None:  # loading: encode() says so
+        if not self._urgent.ready:  # loading: encode() says so
             return await self.encode(texts)
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        self._urgent_queue.append(_Request(list(texts), future))
-        if self._urgent_runner is None or self._urgent_runner.done():
-            # A task, not the caller: a cancelled caller must not strand the others it batched.
-            self._urgent_runner = asyncio.ensure_future(self._drain_urgent())
-        return await future
-
-    async def _drain_urgent(self) -> None:
-        """Answer the urgent requests, a batch per model call, until none is left."""
-        limit = self._settings.batch_size
-        queue = self._urgent_queue
-        while queue:
-            batch = [queue.popleft()]
-            size = len(batch[0].texts)
-            while queue and size + len(queue[0].texts) <= limit:
-                batch.append(queue.popleft())
-                size += len(batch[-1].texts)
-            try:
-                await self._answer(batch, self._urgent_worker, self._urgent_model)
-            except asyncio.CancelledError:  # close(): the batch in hand is answered too
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(SystemClosedError("the encoder was closed"))
-                raise
-            self.urgent_batches += 1
+        return await self._urgent.encode(texts)
 
     async def _batch_loop(self) -> None:
         wait = self._settings.batch_wait_ms / 1000
@@ -506,23 +481,21 @@ class SentenceTransformerEncoder:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._task, self._urgent_runner):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    log.debug("encoder batcher stopped")
-        self._task = self._urgent_runner = None
-        waiting = list(self._urgent_queue)
-        self._urgent_queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                log.debug("encoder batcher stopped")
+        self._task = None
+        await self._urgent.close()
+        waiting = []
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())
         for request in waiting:
             if not request.future.done():
                 request.future.set_exception(SystemClosedError("the encoder was closed"))
         self._worker.close()
-        self._urgent_worker.close()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -533,7 +506,7 @@ class SentenceTransformerEncoder:
             "encoder_background_nice": self.background_nice,
             "encoder_queue": self._queue.qsize(),
             "encoder_batches": self.batches,
-            "encoder_urgent_batches": self.urgent_batches,
+            "encoder_urgent_batches": self._urgent.batches,
             "encoder_mean_batch": round(self.texts / self.batches, 2) if self.batches else 0.0,
             "encoder_largest_batch": self.largest_batch,
         }
