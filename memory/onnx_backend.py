@@ -24,7 +24,6 @@ import numpy.typing as npt
 
 from memory.errors import EncoderError
 from memory.model_layout import ModelLayout, pool, read_layout
-from memory.onnx_export import FLOAT32_FILE, INT8_FILE, ensure_export
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +89,9 @@ class OnnxModel:
 
 def load_onnx_model(model_path: str, quantized: bool, threads: int, root: Path | None = None) -> OnnxModel:
     """The model's export (made first if there is none), in an onnxruntime session."""
+    # Imported here: `python -m memory.onnx_export` must not find it imported by the package.
+    from memory.onnx_export import FLOAT32_FILE, INT8_FILE, ensure_export
+
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime as ort

@@ -8,8 +8,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from requirements.lockcheck import Lock, declared, env_problems, parse_lock, pyproject_problems, read_lock
 
 ROOT = Path(__file__).resolve().parent.parent
