@@ -15,8 +15,8 @@ unpacked models of memory/models.py, so every data folder and test shares one ex
 
 The key hashes what the bytes depend on (the model's config and weights, by size and their
 first and last MiB; the exporter's versions and options), so a new model or a new torch
-makes a new export instead of reusing a stale one. The folder is staged and renamed into
-place, so a crash never leaves a half export in use.
+makes a new export instead of reusing a stale one (and removes the model's older ones). The
+folder is staged and renamed into place, so a crash never leaves a half export in use.
 """
 
 from __future__ import annotations
@@ -77,9 +77,21 @@ def export_root() -> Path:
     return cache_root().parent / "onnx"
 
 
+def _slug(model_folder: Path) -> str:
+    return "-".join(model_folder.resolve().parts[-2:]).replace("_", "-")
+
+
 def export_folder(model_folder: Path, root: Path | None = None) -> Path:
-    slug = "-".join(model_folder.resolve().parts[-2:]).replace("_", "-")
-    return (root or export_root()) / f"{slug}-{export_key(model_folder)}"
+    return (root or export_root()) / f"{_slug(model_folder)}-{export_key(model_folder)}"
+
+
+def _remove_older_exports(target: Path, slug: str) -> None:
+    """Drop the model's exports under other keys (an older torch or onnxruntime made them, about
+    110 MB each): a venv still on those versions makes its own again at its next start."""
+    for sibling in target.parent.glob(f"{slug}-*"):
+        if sibling != target and ".partial-" not in sibling.name and len(sibling.name) == len(target.name):
+            log.info("removing an older ONNX export, %s", sibling)
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def finished(folder: Path) -> bool:
@@ -106,6 +118,7 @@ def ensure_export(model_folder: Path, root: Path | None = None) -> Path:
         if target.exists():  # an unfinished export from an interrupted run
             shutil.rmtree(target)
         staging.rename(target)
+        _remove_older_exports(target, _slug(model_folder))
     except OSError as exc:
         raise EncoderError(f"could not write the ONNX export to {target.parent}: {exc}") from exc
     finally:

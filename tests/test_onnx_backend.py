@@ -91,13 +91,15 @@ def test_an_unfinished_export_is_made_again_and_a_finished_one_reused(tmp_path: 
     assert finished(copy)
     assert ensure_export(MODEL_FOLDER, tmp_path) == copy  # reused: nothing rewritten
     manifest = json.loads((copy / MANIFEST).read_text())
+    older = copy.with_name(copy.name[:-16] + "0" * 16)  # the same model under another key
+    shutil.copytree(copy, older)
     with (copy / INT8_FILE).open("r+b") as file:  # cut short, as a crash mid-write would
         file.truncate(1000)
     assert not finished(copy)
     again = ensure_export(MODEL_FOLDER, tmp_path)
     assert again == copy and finished(again)
     assert (again / INT8_FILE).stat().st_size == manifest["files"][INT8_FILE]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [copy.name]  # no staging folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [copy.name]  # no staging or older export
     (copy / MANIFEST).unlink()
     assert not finished(copy)
 
