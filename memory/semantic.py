@@ -23,11 +23,12 @@ an embedding) and the next start embeds it, so a close never waits for thousands
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ class SemanticMemory:
         self._last_sweep = 0.0
         self._retriever = Retriever(store, settings.retrieval, self._faiss.run, settings.encoder.model)
         self._pending: deque[Memory] = deque()
-        self._live: set[int] = set()
+        # Memory id -> the text its vector must be made from (see ``_current``): an embedding
+        # of a text that an edit replaced meanwhile is dropped, never stored or indexed.
+        self._live: dict[int, str] = {}
         self._pending_by_user: dict[str, int] = {}
         self._work = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -337,7 +340,7 @@ class SemanticMemory:
         """Queue freshly committed memories for embedding."""
         for memory in memories:
             self._pending.append(memory)
-            self._live.add(memory.id)
+            self._live[memory.id] = embedding_text(memory)
             self._pending_by_user[memory.user_id] = self._pending_by_user.get(memory.user_id, 0) + 1
         if memories:
             self._work.set()
@@ -442,12 +445,13 @@ class SemanticMemory:
         the next start drops and embeds again.
         """
         ids = [m.id for m in batch]
-        rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+        rows = [(m, vectors[i]) for i, m in enumerate(batch) if self._current(m)]
         if index_first:
             indexed = await self._index_rows(rows)
             self.embedded += len(indexed)  # searchable now
             self._urgent_ids.difference_update(ids)
             self._notify()
+            rows = [(m, v) for m, v in rows if self._current(m)]  # an edit began meanwhile
         try:
             if rows:
                 await self._store_vectors(rows)
@@ -460,12 +464,19 @@ class SemanticMemory:
             raise
         if not index_first:
             self.embedded += len(await self._index_rows(rows))
-        self._live.difference_update(ids)
+        for memory in batch:  # done with this text; a newer one (an edit's) stays pending
+            if self._current(memory):
+                del self._live[memory.id]
+
+    def _current(self, memory: Memory) -> bool:
+        """Whether a vector made from ``memory`` may be installed: it is still live (not
+        forgotten, not being edited) and its text is the one the memory has now."""
+        return self._live.get(memory.id) == embedding_text(memory)
 
     async def _index_rows(self, rows: list[tuple[Memory, Vectors]]) -> list[tuple[Memory, Vectors]]:
         """Add the rows of memories still live to the index; those added."""
         async with self._index_lock:
-            rows = [(m, v) for m, v in rows if m.id in self._live]
+            rows = [(m, v) for m, v in rows if self._current(m)]
             if rows and self._index is not None:
                 await self._faiss.run(self._add_rows, self._index, rows)
                 self._index_dirty = True
@@ -567,6 +578,27 @@ class SemanticMemory:
             return False
         return True
 
+    @contextlib.contextmanager
+    def rewriting(self, memories: Sequence[Memory]) -> Iterator[set[int]]:
+        """While an edit of ``memories`` commits, no vector of their text is stored or indexed.
+
+        An embedding in flight (the embedder's batch, a retrieve's own) may land at any moment
+        of the edit, even between its commit and the ``committed`` of the new text, and its
+        vector is of the old text: unmarked from the start, such a vector is dropped. The
+        caller adds to the set yielded the ids whose text the commit replaced (it queues their
+        new text itself); on leaving, every other memory that was pending (its text did not
+        change, or the edit failed) is queued again as it is: its embedding may have been
+        dropped meanwhile.
+        """
+        held = {m.id for m in memories if self._live.pop(m.id, None) is not None}
+        replaced: set[int] = set()
+        try:
+            yield replaced
+        finally:
+            self.committed(
+                [m for m in memories if m.id in held and m.id not in replaced and m.id not in self._live]
+            )
+
     def users_changed(self, user_ids: Sequence[str] | None) -> None:
         """The vectors of ``user_ids`` changed (a forget or an edit, here or in another
         process; None: anyone's may have): their cached shards are dropped."""
@@ -582,7 +614,8 @@ class SemanticMemory:
         if not ids:
             return
         async with self._index_lock:
-            self._live.difference_update(ids)
+            for memory_id in ids:
+                self._live.pop(memory_id, None)
             index = self._index
             if index is None:
                 return
