@@ -101,6 +101,8 @@ class SemanticMemory:
         # Memory id -> the text its vector must be made from (see ``_current``): an embedding
         # of a text that an edit replaced meanwhile is dropped, never stored or indexed.
         self._live: dict[int, str] = {}
+        # Ids committed, edited or forgotten before the backlog is read (see _read_backlog).
+        self._touched: set[int] | None = set()
         self._pending_by_user: dict[str, int] = {}
         self._work = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -129,7 +131,15 @@ class SemanticMemory:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, report: StartupReport) -> None:
-        """Open the index (it needs no model when vectors exist) and start loading the model."""
+        """Start opening the index and loading the model, both in the background.
+
+        Neither is on the start path (at 100k memories, reading the ids, the index file and
+        the backlog took 2-3 s before the first context could be changed): until both are
+        done a retrieve ranks lexically and says so, as while the model loads. A forget
+        meanwhile is safe: the index is opened under the index lock from the ids SQLite holds
+        then, so it never picks up the vectors of a memory forgotten before, and a forget
+        after that waits for the lock and removes them from it.
+        """
         if self._encoder is None:
             self._encoder = await build_encoder(
                 self._settings.encoder, self._index_path.parent, self._supervisor, load=False
@@ -137,27 +147,45 @@ class SemanticMemory:
         encoder = self._encoder
         self._database_id = await self._store.database_id()
         await self._check_model(encoder, report)
-        # Opened now, not after the model: a forget must find the vectors it erases.
-        self._report = report  # completed by the loader when the index has to wait for the model
-        if self._store_dense is None:
-            self._index = await self._open_index(encoder, report, None)
-        else:
+        self._report = report  # completed by the loader (index action, backlog)
+        if self._store_dense is not None:
             report.index_action = "vectors searched in the database"
-        pending = await self._store.unembedded()
-        report.embeddings_pending = len(pending)
-        self.committed(pending)
         self._loader = self._supervisor.spawn(TaskName.MODEL_LOADER, self._load_model, self._died)
 
     async def _load_model(self) -> None:
-        """Load the model, then start the embedder; a failure is reported, not fatal."""
+        """Open the index beside the model's load, then read the backlog and start the embedder;
+        a model that fails to load is reported, not fatal (the index still opens: forgets
+        need it)."""
         encoder = self._encoder
         assert encoder is not None
+        opening = None if self._store_dense is not None else asyncio.ensure_future(self._open_index_now())
+        try:
+            loaded = await self._load_encoder(encoder)
+            if opening is not None:
+                await opening
+        finally:
+            if opening is not None and not opening.done():  # cancelled by close()
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+        if loaded:
+            if self._index is None and self._store_dense is None:  # nothing stored said the size
+                async with self._index_lock:
+                    self._index = await self._open_index(encoder, self._report, encoder.dim)
+            await self._read_backlog()
+            self.encoder_state = EncoderState.READY
+        log.info("index: %s", self._report.index_action)
+        self._ready.set()
+        if loaded:
+            log.info("embedding model %s ready in %.1f s", encoder.name, self.load_seconds or 0.0)
+            self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop, self._died)
+        self._notify()
+
+    async def _load_encoder(self, encoder: Encoder) -> bool:
+        """Load the model; False (reported in stats, health and the log) if it failed."""
         started = time.perf_counter()
         log.info("loading the embedding model %s in the background", encoder.name)
         try:
             await load_encoder(encoder)
-            if self._index is None and self._store_dense is None:
-                self._index = await self._open_index(encoder, self._report, encoder.dim)
         except Exception as exc:  # any load failure is reported in stats and health
             self.encoder_state = EncoderState.FAILED
             self.encoder_error = str(exc) or type(exc).__name__
@@ -167,15 +195,26 @@ class SemanticMemory:
                 self.encoder_error,
                 exc_info=trace,
             )
-            self._ready.set()
-            self._notify()
-            return
+            return False
         self.load_seconds = time.perf_counter() - started
-        self.encoder_state = EncoderState.READY
-        self._ready.set()
-        log.info("embedding model %s ready in %.1f s", encoder.name, self.load_seconds)
-        self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop, self._died)
-        self._notify()
+        return True
+
+    async def _open_index_now(self) -> None:
+        assert self._encoder is not None
+        async with self._index_lock:
+            self._index = await self._open_index(self._encoder, self._report, None)
+
+    async def _read_backlog(self) -> None:
+        """Queue the memories stored without an embedding (the last run's backlog).
+
+        Read once the model is ready, not at start (18k rows cost 0.5-1 s there). Memories
+        committed, edited or forgotten since start are left out: ``committed`` queued them
+        already (or their text changed, or they are gone), and the rows read may predate it.
+        """
+        pending = await self._store.unembedded()
+        touched, self._touched = self._touched or set(), None
+        self._report.embeddings_pending = len(pending)
+        self.committed([m for m in pending if m.id not in touched and m.id not in self._live])
 
     @property
     def ready(self) -> bool:
@@ -341,6 +380,8 @@ class SemanticMemory:
         for memory in memories:
             self._pending.append(memory)
             self._live[memory.id] = embedding_text(memory)
+            if self._touched is not None:
+                self._touched.add(memory.id)
             self._pending_by_user[memory.user_id] = self._pending_by_user.get(memory.user_id, 0) + 1
         if memories:
             self._work.set()
@@ -591,6 +632,8 @@ class SemanticMemory:
         dropped meanwhile.
         """
         held = {m.id for m in memories if self._live.pop(m.id, None) is not None}
+        if self._touched is not None:
+            self._touched.update(m.id for m in memories)
         replaced: set[int] = set()
         try:
             yield replaced
@@ -613,6 +656,8 @@ class SemanticMemory:
         """
         if not ids:
             return
+        if self._touched is not None:
+            self._touched.update(ids)
         async with self._index_lock:
             for memory_id in ids:
                 self._live.pop(memory_id, None)
