@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from memory.encoder import Encoder, Vectors, build_encoder, encode_urgent, load_encoder
+from memory.encoder import DeferredEncoder, Encoder, Vectors, build_encoder, encode_urgent, load_encoder
 from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, StorageError
-from memory.index import PerUserIndex
+from memory.index import PerUserIndex, erase_from_file
 from memory.locks import LockLevel, OrderedLock
 from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
@@ -101,6 +101,9 @@ class SemanticMemory:
         # Memory id -> the text its vector must be made from (see ``_current``): an embedding
         # of a text that an edit replaced meanwhile is dropped, never stored or indexed.
         self._live: dict[int, str] = {}
+        # A process whose encoder never loads (memory-admin's changes) never opens the index:
+        # what it forgets is erased from the file at close (``erase_from_file``).
+        self._erased_unopened: set[int] = set()
         # Ids committed, edited or forgotten before the backlog is read (see _read_backlog).
         self._touched: set[int] | None = set()
         self._pending_by_user: dict[str, int] = {}
@@ -150,6 +153,8 @@ class SemanticMemory:
         self._report = report  # completed by the loader (index action, backlog)
         if self._store_dense is not None:
             report.index_action = "vectors searched in the database"
+        elif isinstance(encoder, DeferredEncoder):
+            report.index_action = "not opened: this process never embeds or searches by vector"
         self._loader = self._supervisor.spawn(TaskName.MODEL_LOADER, self._load_model, self._died)
 
     async def _load_model(self) -> None:
@@ -158,7 +163,7 @@ class SemanticMemory:
         need it)."""
         encoder = self._encoder
         assert encoder is not None
-        opening = None if self._store_dense is not None else asyncio.ensure_future(self._open_index_now())
+        opening = asyncio.ensure_future(self._open_index_now()) if self._index_wanted() else None
         try:
             loaded = await self._load_encoder(encoder)
             if opening is not None:
@@ -198,6 +203,11 @@ class SemanticMemory:
             return False
         self.load_seconds = time.perf_counter() - started
         return True
+
+    def _index_wanted(self) -> bool:
+        """Whether this process keeps a FAISS index (not where the database searches vectors,
+        nor where the encoder is only a model's name)."""
+        return self._store_dense is None and not isinstance(self._encoder, DeferredEncoder)
 
     async def _open_index_now(self) -> None:
         assert self._encoder is not None
@@ -352,10 +362,19 @@ class SemanticMemory:
         try:
             if self._index is not None and self._index_dirty:
                 await self.save_index()
+            elif self._erased_unopened:
+                await self._erase_unopened()
         finally:
             self._faiss.close()
             if self._owns_encoder and self._encoder is not None:
                 await self._encoder.close()
+
+    async def _erase_unopened(self) -> None:
+        """The forgotten vectors out of the index file this process never opened."""
+        ids, self._erased_unopened = self._erased_unopened, set()
+        owners = dict(await self._store.embedded_ids())
+        removed = await self._faiss.run(erase_from_file, self._index_path, ids, owners)
+        log.info("erased %d vectors of forgotten memories from %s", removed, self._index_path)
 
     async def save_index(self) -> None:
         index = self._index
@@ -663,6 +682,8 @@ class SemanticMemory:
                 self._live.pop(memory_id, None)
             index = self._index
             if index is None:
+                if not self._index_wanted() and self._store_dense is None:
+                    self._erased_unopened.update(ids)
                 return
             removed = await self._faiss.run(index.remove, ids)
             if removed:
