@@ -178,6 +178,8 @@ class SemanticMemory:
                     self._index = await self._open_index(encoder, self._report, encoder.dim)
             await self._read_backlog()
             self.encoder_state = EncoderState.READY
+        else:
+            self._touched = None  # no backlog is read: nothing to tell apart from it
         log.info("index: %s", self._report.index_action)
         self._ready.set()
         if loaded:
@@ -248,8 +250,10 @@ class SemanticMemory:
         return "starting" if self.encoder_state is EncoderState.LOADING else "ok"
 
     def _died(self, error: BackgroundTaskError) -> None:
-        """Wake every ``wait_indexed``: they raise the error instead of waiting for a dead loop."""
+        """Wake every ``wait_indexed``: they raise the error instead of waiting for a dead loop;
+        and every ``wait_ready`` (False), should the loader be the task that died."""
         self._dead = error
+        self._ready.set()
         self._notify()
 
     async def _check_model(self, encoder: Encoder, report: StartupReport) -> None:
