@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -221,10 +221,15 @@ class SqliteStore:
             raise damaged_database(self.path, problem) from problem
         self.integrity.passed()
 
-    def check_in_background(self, snapshot: Path | None, hold: asyncio.Event | None = None) -> None:
-        """Run ``quick_check`` after start, on a connection of its own (see sqlite_check.py);
-        ``hold`` (a test hook) keeps it from starting until set."""
-        self.integrity.start(snapshot, hold)
+    def check_in_background(
+        self,
+        snapshot: Path | None,
+        hold: asyncio.Event | None = None,
+        after: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Run ``quick_check`` after start, on a connection of its own, once ``after()`` is
+        done (see sqlite_check.py); ``hold`` (a test hook) keeps it from starting until set."""
+        self.integrity.start(snapshot, hold, after)
 
     def _refuse_writes(self, damage: DataDamagedError) -> None:
         self._damage = damage

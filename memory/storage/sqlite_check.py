@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -58,13 +58,20 @@ class IntegrityCheck:
         """The check ran on the start path (``blocking``) and found nothing."""
         self.state = CheckState.OK
 
-    def start(self, snapshot: Path | None, hold: asyncio.Event | None = None) -> None:
-        """Run the check in the background; ``hold`` (a test hook) keeps it from starting until set.
+    def start(
+        self,
+        snapshot: Path | None,
+        hold: asyncio.Event | None = None,
+        after: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Run the check in the background, once ``after()`` is done (what should not share the
+        CPU with it); ``hold`` (a test hook) keeps it from starting until set.
 
         ``snapshot``, when it exists, is named in the damage error, as at start.
         """
         self.state = CheckState.CHECKING
-        self._task = asyncio.create_task(self._run(snapshot, hold), name="memory-bot integrity check")
+        run = self._run(snapshot, hold, after)
+        self._task = asyncio.create_task(run, name="memory-bot integrity check")
 
     async def wait(self) -> CheckState:
         """Until the check is done (at once when none runs); its state."""
@@ -87,7 +94,11 @@ class IntegrityCheck:
             "integrity_check_seconds": round(self.seconds, 3) if self.seconds is not None else None,
         }
 
-    async def _run(self, snapshot: Path | None, hold: asyncio.Event | None) -> None:
+    async def _run(
+        self, snapshot: Path | None, hold: asyncio.Event | None, after: Callable[[], Awaitable[object]] | None
+    ) -> None:
+        if after is not None:
+            await after()
         if hold is not None:
             await hold.wait()
         started = time.perf_counter()
