@@ -4,9 +4,10 @@ Run: ``.venv/bin/python benchmarks/bench_start.py [--quick] [--out FILE]``
 
 Every figure that is a time is divided by the wall time of ``python -c "import
 sentence_transformers"`` measured in the same run, so a busy machine slows both sides alike:
-- start-to-ready of the contexts (``start()`` returned) and of the model (``wait_ready()``),
-  the first acknowledged ``update_context`` from process start, on an empty folder and with N
-  memories (100k; 10k with --quick), and the first ``retrieve_memory`` that used the dense ranker;
+- start-to-ready of the contexts (``start()`` returned) and of the model and the index
+  (``wait_ready()``), the first acknowledged ``update_context`` from process start, on an empty
+  folder and with N memories (100k; 10k with --quick), the first ``retrieve_memory`` that used
+  the dense ranker, and when the integrity check that runs after start was done;
 - ``memory-admin forget`` on the big folder;
 - RSS after start with N memories, before and after the model is loaded;
 - with the shipped model: after some seconds of 100 callers updating (5 s; 2 s with --quick), one
@@ -60,6 +61,8 @@ async def main():
         out["first_dense_retrieve"] = time.time() - t0
         out["dense"] = "dense" in found[0].rankers
         out["rss_mb_model"] = rss()
+        out["integrity_check"] = await ms.integrity_checked()  # runs after start, off its path
+        out["integrity_checked"] = time.time() - t0
     print("RESULT=" + json.dumps(out), flush=True)
 asyncio.run(main())
 """

@@ -16,6 +16,9 @@ from memory import MemoryBotError, MemorySystem
 # Task states (from stats()["tasks"]) that mean the task is doing its job; any other text
 # ("died at ...: KeyError ...", "stopped: the commit writer it relies on died") is the reason.
 ALIVE_TASK_STATES = frozenset({"running", "idle", "starting", "ok", "alive"})
+# States of stats()["integrity_check"] that need the operator: damage found (writes are
+# refused), or the check could not run at all.
+INTEGRITY_PROBLEMS = frozenset({"damaged", "failed"})
 # Lifecycle states (stats()["state"], when present) in which the system serves calls.
 SERVING_STATES = frozenset({"running"})
 GatewayCheck = Callable[[], str | None]
@@ -68,6 +71,9 @@ def judge(stats: Mapping[str, Any] | None, memory_problem: str | None, gateway_p
         reasons.append(f"memory system: {memory_problem}")
     if stats is not None:
         reasons += task_problems(stats)
+        check_state = stats.get("integrity_check")  # SQLite's check after start
+        if check_state in INTEGRITY_PROBLEMS:
+            reasons.append(f"database integrity check {check_state}: {stats.get('integrity_problem')}")
     if gateway_problem:
         reasons.append(f"Discord gateway: {gateway_problem}")
     return Health(tuple(reasons))

@@ -386,6 +386,9 @@ async def _system(settings: Settings, data_dir: Path) -> AsyncIterator[MemorySys
     # No change made here embeds (new memories are embedded by the next process with the
     # model): the encoder is the model's name only, and torch is never imported.
     encoder = await open_encoder(settings, await stored_model_of(data_dir, settings), load=False)
+    # A change of one user does not wait for a check of the whole file (1-2.5 s at 100k
+    # memories; the erasure's WAL truncation would wait for it): `memory-admin verify` does that.
+    settings = settings.with_overrides({"storage": {"integrity_check_on_start": False}})
     try:
         async with MemorySystem(data_dir, settings=settings, encoder=encoder) as system:
             yield system

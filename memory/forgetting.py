@@ -334,14 +334,17 @@ class Forgetting:
                 change = {"op": "edit", "memories": len(edited)}
             return Draft(new, change, edits=tuple(edits), redactions=tuple(redactions))
 
-        draft, cancelled = await self._change_anyway(uid, build, actor)
-        assert draft is not None
-        edited = done
-        self._cache.last_memory.pop(uid, None)
-        ids = [m.id for m in edited]
-        self._semantic.users_changed([uid])
-        cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
-        self._semantic.committed(edited)  # embedded again from the new text
+        # An embedding of the old text still in flight is dropped whenever it lands.
+        with self._semantic.rewriting(memories) as replaced:
+            draft, cancelled = await self._change_anyway(uid, build, actor)
+            assert draft is not None
+            edited = done
+            self._cache.last_memory.pop(uid, None)
+            ids = [m.id for m in edited]
+            replaced.update(ids)
+            self._semantic.users_changed([uid])
+            cancelled = await wait_for_commit(self._semantic.forget(ids)) or cancelled
+            self._semantic.committed(edited)  # embedded again from the new text
         return cancelled, draft.new is not None, edited
 
     async def erasures(self, user_id: str | int | None = None) -> list[ErasureRecord]:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from memory.atomic import atomic_write
+from memory.atomic import atomic_write, discard_temp, fsync_dir, temp_path
 from memory.errors import IndexCorruptError, StorageError
 
 log = logging.getLogger(__name__)
@@ -237,11 +238,11 @@ class PerUserIndex:
         for shard in self._shards.values():
             n = int(shard.ntotal)
             if n:
-                vectors = shard.index.reconstruct_n(0, n)
+                vectors = _stored_vectors(shard, self.dim)
                 merged.add_with_ids(vectors, faiss.vector_to_array(shard.id_map).astype(np.int64))
         mark = self.watermark(database_id)
         try:
-            atomic_write(path, faiss.serialize_index(merged).tobytes())
+            _write_index(path, merged)
             atomic_write(watermark_path(path), mark.to_json().encode())
         except OSError as exc:
             raise StorageError(f"could not save the index {path}: {exc}", path) from exc
@@ -267,7 +268,7 @@ class PerUserIndex:
                 str(mark_data.get("database_id", "")),
                 str(mark_data.get("checksum", "")),
             )
-            merged: Any = faiss.deserialize_index(np.frombuffer(path.read_bytes(), dtype=np.uint8))
+            merged: Any = _read_index(path)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise IndexCorruptError(f"index {path} is unreadable: {exc}") from exc
         if int(merged.ntotal) != mark.count or merged.d != mark.dim:
@@ -286,7 +287,7 @@ class PerUserIndex:
         n = int(merged.ntotal)
         if n:
             ids = faiss.vector_to_array(merged.id_map).astype(np.int64)
-            vectors = merged.index.reconstruct_n(0, n)
+            vectors = _stored_vectors(merged, mark.dim)
             by_user: dict[str, list[int]] = {}
             for row, mid in enumerate(ids.tolist()):
                 user = owners.get(mid)
@@ -303,3 +304,85 @@ class PerUserIndex:
 
 def watermark_path(path: Path) -> Path:
     return path.with_name(path.name + ".watermark.json")
+
+
+# FAISS's own file reader and writer, not (de)serialize_index through bytes in memory: at 82k
+# vectors (126 MB) serialize_index took 1.2 s against 0.2 s for write_index, deserialize 0.45 s
+# against 0.17 s for read_index; and the vectors are read in place, not copied by reconstruct_n
+# (0.54 s). ``_write_index`` is ``atomic_write`` with FAISS writing the temp file.
+
+
+def _read_index(path: Path) -> Any:
+    if not path.is_file():  # read_index would name it only in a C++ message
+        raise FileNotFoundError(f"no such file: {path}")
+    return faiss.read_index(str(path))
+
+
+def _stored_vectors(id_map: Any, dim: int) -> npt.NDArray[np.float32]:
+    """The vectors of an ``IndexIDMap2(IndexFlatIP)``, in id-map order: a view, valid while it lives."""
+    flat: Any = faiss.downcast_index(id_map.index)
+    n = int(id_map.ntotal)
+    return faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+
+
+def _write_index(path: Path, index: Any) -> None:
+    tmp = temp_path(path)
+    try:
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as exc:  # FAISS's C++ I/O error: a full disk, a folder gone
+            raise OSError(f"FAISS could not write {tmp}: {exc}") from exc
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        tmp.replace(path)
+        fsync_dir(path.parent)
+    finally:
+        discard_temp(tmp)
+
+
+def erase_from_file(path: Path, ids: Iterable[int], owners: Mapping[int, str]) -> int:
+    """Take the vectors of ``ids`` out of the index file as it is, without splitting it into
+    shards (a forget in a process that never searches: ``memory-admin forget`` erased 100
+    vectors by loading and saving all 82k at 100k memories, 2.5 s); returns how many it held.
+
+    ``owners`` (memory id -> user, from SQLite after the forget) makes the new watermark's
+    checksum. A file that cannot be read is deleted instead, with its watermark: what it held
+    is gone either way, and the next start rebuilds it from the stored embeddings.
+    """
+    if not path.exists():
+        return 0
+    try:
+        mark = json.loads(watermark_path(path).read_text())
+        merged: Any = _read_index(path)
+        before = int(merged.ntotal)
+        gone = np.asarray(sorted(set(ids)), dtype=np.int64)
+        removed = int(merged.remove_ids(faiss.IDSelectorBatch(gone))) if len(gone) else 0
+        if not removed:
+            return 0
+        left = faiss.vector_to_array(merged.id_map).astype(np.int64).tolist()
+        pairs = [(mid, owners[mid]) for mid in left if mid in owners]
+        fresh = Watermark(
+            before - removed,
+            max(left, default=0),
+            int(merged.d),
+            str(mark["model"]),
+            str(mark.get("database_id", "")),
+            owners_checksum(pairs),
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        log.warning("index %s is unreadable (%s): deleted, to be rebuilt at the next start", path, exc)
+        for file in (path, watermark_path(path)):
+            try:
+                file.unlink(missing_ok=True)
+            except OSError as gone_exc:
+                raise StorageError(f"could not delete the index {file}: {gone_exc}", file) from gone_exc
+        return 0
+    try:
+        _write_index(path, merged)
+        atomic_write(watermark_path(path), fresh.to_json().encode())
+    except OSError as exc:
+        raise StorageError(f"could not save the index {path}: {exc}", path) from exc
+    return removed

@@ -23,20 +23,29 @@ an embedding) and the next start embeds it, so a close never waits for thousands
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from memory.encoder import Encoder, Vectors, build_encoder, encode_urgent, load_encoder, same_vectors
+from memory.encoder import (
+    DeferredEncoder,
+    Encoder,
+    Vectors,
+    build_encoder,
+    encode_urgent,
+    load_encoder,
+    same_vectors,
+)
 from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, StorageError
-from memory.index import PerUserIndex
+from memory.index import PerUserIndex, erase_from_file
 from memory.locks import LockLevel, OrderedLock
 from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
@@ -97,7 +106,14 @@ class SemanticMemory:
         self._last_sweep = 0.0
         self._retriever = Retriever(store, settings.retrieval, self._faiss.run, settings.encoder.model)
         self._pending: deque[Memory] = deque()
-        self._live: set[int] = set()
+        # Memory id -> the text its vector must be made from (see ``_current``): an embedding
+        # of a text that an edit replaced meanwhile is dropped, never stored or indexed.
+        self._live: dict[int, str] = {}
+        # A process whose encoder never loads (memory-admin's changes) never opens the index:
+        # what it forgets is erased from the file at close (``erase_from_file``).
+        self._erased_unopened: set[int] = set()
+        # Ids committed, edited or forgotten before the backlog is read (see _read_backlog).
+        self._touched: set[int] | None = set()
         self._pending_by_user: dict[str, int] = {}
         self._work = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -126,33 +142,63 @@ class SemanticMemory:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, report: StartupReport) -> None:
-        """Open the index (it needs no model when vectors exist) and start loading the model."""
+        """Start opening the index and loading the model, both in the background.
+
+        Neither is on the start path (at 100k memories, reading the ids, the index file and
+        the backlog took 2-3 s before the first context could be changed): until both are
+        done a retrieve ranks lexically and says so, as while the model loads. A forget
+        meanwhile is safe: the index is opened under the index lock from the ids SQLite holds
+        then, so it never picks up the vectors of a memory forgotten before, and a forget
+        after that waits for the lock and removes them from it.
+        """
         if self._encoder is None:
             self._encoder = await build_encoder(self._settings.encoder, self._supervisor, load=False)
         encoder = self._encoder
         self._database_id = await self._store.database_id()
         await self._check_model(encoder, report)
-        # Opened now, not after the model: a forget must find the vectors it erases.
-        self._report = report  # completed by the loader when the index has to wait for the model
-        if self._store_dense is None:
-            self._index = await self._open_index(encoder, report, None)
-        else:
+        self._report = report  # completed by the loader (index action, backlog)
+        if self._store_dense is not None:
             report.index_action = "vectors searched in the database"
-        pending = await self._store.unembedded()
-        report.embeddings_pending = len(pending)
-        self.committed(pending)
+        elif isinstance(encoder, DeferredEncoder):
+            report.index_action = "not opened: this process never embeds or searches by vector"
         self._loader = self._supervisor.spawn(TaskName.MODEL_LOADER, self._load_model, self._died)
 
     async def _load_model(self) -> None:
-        """Load the model, then start the embedder; a failure is reported, not fatal."""
+        """Open the index beside the model's load, then read the backlog and start the embedder;
+        a model that fails to load is reported, not fatal (the index still opens: forgets
+        need it)."""
         encoder = self._encoder
         assert encoder is not None
+        opening = asyncio.ensure_future(self._open_index_now()) if self._index_wanted() else None
+        try:
+            loaded = await self._load_encoder(encoder)
+            if opening is not None:
+                await opening
+        finally:
+            if opening is not None and not opening.done():  # cancelled by close()
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+        if loaded:
+            if self._index is None and self._store_dense is None:  # nothing stored said the size
+                async with self._index_lock:
+                    self._index = await self._open_index(encoder, self._report, encoder.dim)
+            await self._read_backlog()
+            self.encoder_state = EncoderState.READY
+        else:
+            self._touched = None  # no backlog is read: nothing to tell apart from it
+        log.info("index: %s", self._report.index_action)
+        self._ready.set()
+        if loaded:
+            log.info("embedding model %s ready in %.1f s", encoder.name, self.load_seconds or 0.0)
+            self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop, self._died)
+        self._notify()
+
+    async def _load_encoder(self, encoder: Encoder) -> bool:
+        """Load the model; False (reported in stats, health and the log) if it failed."""
         started = time.perf_counter()
         log.info("loading the embedding model %s in the background", encoder.name)
         try:
             await load_encoder(encoder)
-            if self._index is None and self._store_dense is None:
-                self._index = await self._open_index(encoder, self._report, encoder.dim)
         except Exception as exc:  # any load failure is reported in stats and health
             self.encoder_state = EncoderState.FAILED
             self.encoder_error = str(exc) or type(exc).__name__
@@ -162,15 +208,31 @@ class SemanticMemory:
                 self.encoder_error,
                 exc_info=trace,
             )
-            self._ready.set()
-            self._notify()
-            return
+            return False
         self.load_seconds = time.perf_counter() - started
-        self.encoder_state = EncoderState.READY
-        self._ready.set()
-        log.info("embedding model %s ready in %.1f s", encoder.name, self.load_seconds)
-        self._task = self._supervisor.spawn(TaskName.EMBEDDER, self._embed_loop, self._died)
-        self._notify()
+        return True
+
+    def _index_wanted(self) -> bool:
+        """Whether this process keeps a FAISS index (not where the database searches vectors,
+        nor where the encoder is only a model's name)."""
+        return self._store_dense is None and not isinstance(self._encoder, DeferredEncoder)
+
+    async def _open_index_now(self) -> None:
+        assert self._encoder is not None
+        async with self._index_lock:
+            self._index = await self._open_index(self._encoder, self._report, None)
+
+    async def _read_backlog(self) -> None:
+        """Queue the memories stored without an embedding (the last run's backlog).
+
+        Read once the model is ready, not at start (18k rows cost 0.5-1 s there). Memories
+        committed, edited or forgotten since start are left out: ``committed`` queued them
+        already (or their text changed, or they are gone), and the rows read may predate it.
+        """
+        pending = await self._store.unembedded()
+        touched, self._touched = self._touched or set(), None
+        self._report.embeddings_pending = len(pending)
+        self.committed([m for m in pending if m.id not in touched and m.id not in self._live])
 
     @property
     def ready(self) -> bool:
@@ -194,8 +256,10 @@ class SemanticMemory:
         return "starting" if self.encoder_state is EncoderState.LOADING else "ok"
 
     def _died(self, error: BackgroundTaskError) -> None:
-        """Wake every ``wait_indexed``: they raise the error instead of waiting for a dead loop."""
+        """Wake every ``wait_indexed``: they raise the error instead of waiting for a dead loop;
+        and every ``wait_ready`` (False), should the loader be the task that died."""
         self._dead = error
+        self._ready.set()
         self._notify()
 
     async def _check_model(self, encoder: Encoder, report: StartupReport) -> None:
@@ -311,10 +375,19 @@ class SemanticMemory:
         try:
             if self._index is not None and self._index_dirty:
                 await self.save_index()
+            elif self._erased_unopened:
+                await self._erase_unopened()
         finally:
             self._faiss.close()
             if self._owns_encoder and self._encoder is not None:
                 await self._encoder.close()
+
+    async def _erase_unopened(self) -> None:
+        """The forgotten vectors out of the index file this process never opened."""
+        ids, self._erased_unopened = self._erased_unopened, set()
+        owners = dict(await self._store.embedded_ids())
+        removed = await self._faiss.run(erase_from_file, self._index_path, ids, owners)
+        log.info("erased %d vectors of forgotten memories from %s", removed, self._index_path)
 
     async def save_index(self) -> None:
         index = self._index
@@ -338,7 +411,9 @@ class SemanticMemory:
         """Queue freshly committed memories for embedding."""
         for memory in memories:
             self._pending.append(memory)
-            self._live.add(memory.id)
+            self._live[memory.id] = embedding_text(memory)
+            if self._touched is not None:
+                self._touched.add(memory.id)
             self._pending_by_user[memory.user_id] = self._pending_by_user.get(memory.user_id, 0) + 1
         if memories:
             self._work.set()
@@ -443,12 +518,13 @@ class SemanticMemory:
         the next start drops and embeds again.
         """
         ids = [m.id for m in batch]
-        rows = [(m, vectors[i]) for i, m in enumerate(batch) if m.id in self._live]
+        rows = [(m, vectors[i]) for i, m in enumerate(batch) if self._current(m)]
         if index_first:
             indexed = await self._index_rows(rows)
             self.embedded += len(indexed)  # searchable now
             self._urgent_ids.difference_update(ids)
             self._notify()
+            rows = [(m, v) for m, v in rows if self._current(m)]  # an edit began meanwhile
         try:
             if rows:
                 await self._store_vectors(rows)
@@ -461,12 +537,19 @@ class SemanticMemory:
             raise
         if not index_first:
             self.embedded += len(await self._index_rows(rows))
-        self._live.difference_update(ids)
+        for memory in batch:  # done with this text; a newer one (an edit's) stays pending
+            if self._current(memory):
+                del self._live[memory.id]
+
+    def _current(self, memory: Memory) -> bool:
+        """Whether a vector made from ``memory`` may be installed: it is still live (not
+        forgotten, not being edited) and its text is the one the memory has now."""
+        return self._live.get(memory.id) == embedding_text(memory)
 
     async def _index_rows(self, rows: list[tuple[Memory, Vectors]]) -> list[tuple[Memory, Vectors]]:
         """Add the rows of memories still live to the index; those added."""
         async with self._index_lock:
-            rows = [(m, v) for m, v in rows if m.id in self._live]
+            rows = [(m, v) for m, v in rows if self._current(m)]
             if rows and self._index is not None:
                 await self._faiss.run(self._add_rows, self._index, rows)
                 self._index_dirty = True
@@ -568,6 +651,29 @@ class SemanticMemory:
             return False
         return True
 
+    @contextlib.contextmanager
+    def rewriting(self, memories: Sequence[Memory]) -> Iterator[set[int]]:
+        """While an edit of ``memories`` commits, no vector of their text is stored or indexed.
+
+        An embedding in flight (the embedder's batch, a retrieve's own) may land at any moment
+        of the edit, even between its commit and the ``committed`` of the new text, and its
+        vector is of the old text: unmarked from the start, such a vector is dropped. The
+        caller adds to the set yielded the ids whose text the commit replaced (it queues their
+        new text itself); on leaving, every other memory that was pending (its text did not
+        change, or the edit failed) is queued again as it is: its embedding may have been
+        dropped meanwhile.
+        """
+        held = {m.id for m in memories if self._live.pop(m.id, None) is not None}
+        if self._touched is not None:
+            self._touched.update(m.id for m in memories)
+        replaced: set[int] = set()
+        try:
+            yield replaced
+        finally:
+            self.committed(
+                [m for m in memories if m.id in held and m.id not in replaced and m.id not in self._live]
+            )
+
     def users_changed(self, user_ids: Sequence[str] | None) -> None:
         """The vectors of ``user_ids`` changed (a forget or an edit, here or in another
         process; None: anyone's may have): their cached shards are dropped."""
@@ -582,10 +688,15 @@ class SemanticMemory:
         """
         if not ids:
             return
+        if self._touched is not None:
+            self._touched.update(ids)
         async with self._index_lock:
-            self._live.difference_update(ids)
+            for memory_id in ids:
+                self._live.pop(memory_id, None)
             index = self._index
             if index is None:
+                if not self._index_wanted() and self._store_dense is None:
+                    self._erased_unopened.update(ids)
                 return
             removed = await self._faiss.run(index.remove, ids)
             if removed:

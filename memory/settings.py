@@ -41,6 +41,8 @@ class StorageSettings:
     save_interval: float = field(default=2.0, metadata=_rule(low=0.01, high=3600))
     max_batch: int = field(default=256, metadata=_rule(low=1, high=10_000))
     integrity_check_on_start: bool = True
+    # True: start() waits for the check (1-2.5 s at 100k memories); False: it runs after start.
+    integrity_check_blocking: bool = False
     # Several bot processes share one memory only on PostgreSQL (DESIGN.md §9); SQLite belongs to
     # one process. The URL may carry a password: it is masked wherever it is shown or logged.
     backend: str = field(default="sqlite", metadata=_rule(choices=("sqlite", "postgres")))

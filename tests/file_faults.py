@@ -79,3 +79,24 @@ def run_on_read_only_mount(source: Path, mount_point: Path, argv: list[str], env
     if "mount:" in done.stderr or "unshare:" in done.stderr:
         pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
     return f"exit {done.returncode}\n{done.stdout}{done.stderr}"
+
+
+def break_page_of_tree(db: Path, tree: str) -> int:
+    """Zero the page-type byte of a leaf page in the middle of ``tree`` (a table or an index) in
+    the closed database ``db`` (a torn or misdirected write): that b-tree is malformed there,
+    which ``quick_check`` finds, while reads that do not use it still work. Returns the page."""
+    with closing(sqlite3.connect(db)) as conn:
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        leaves = [
+            int(row[0])
+            for row in conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno", (tree,)
+            )
+        ]
+    assert len(leaves) >= 3, f"{tree} in {db} needs a few leaf pages"
+    assert not db.with_name(db.name + "-wal").exists(), "the database must be closed and checkpointed"
+    page = leaves[len(leaves) // 2]
+    raw = bytearray(db.read_bytes())
+    raw[(page - 1) * page_size] = 0x00  # not a b-tree page type
+    db.write_bytes(bytes(raw))
+    return page

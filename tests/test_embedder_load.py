@@ -164,7 +164,7 @@ async def test_close_stops_after_the_batch_in_flight_and_the_next_start_embeds_t
     assert closed_in < 5.0  # draining would take over 15 s at this pace
     fast = TimedEncoder()
     async with asyncio.timeout(60), MemorySystem(data, settings=test_settings(), encoder=fast) as again:
-        assert again.report is not None
+        assert again.report is not None and await again.wait_ready()  # the backlog is read
         left = again.report.embeddings_pending
         # Durable, not lost at close: all that was pending but the batches in flight.
         assert before["pending_embeddings"] - 2 * 64 <= left <= before["pending_embeddings"]

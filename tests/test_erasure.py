@@ -184,6 +184,7 @@ def test_after_forget_user_and_kill_9_the_restart_drops_the_vectors_from_the_fil
     async def restart() -> tuple[set[int], str]:
         ms = make_system(data_dir)
         report = await ms.start()
+        assert await ms.wait_ready()  # the index opens in the background
         on_disk = await index_ids(ms)  # read while running: the start itself rewrote the file
         await ms.close()
         return on_disk, str(report.index_action)
@@ -212,6 +213,7 @@ async def test_an_index_made_for_another_database_is_rebuilt(
     ms = make_system(second)
     report = await ms.start()
     try:
+        assert await ms.wait_ready()  # the index opens in the background
         assert "another database" in str(report.index_action)
         found = await ms.retrieve_memory("fay", "fay collects stamps 3", 1)
         assert found[0].memory.text == "fay collects stamps 3"

@@ -42,6 +42,7 @@ async def _fresh_build_answers(
     shutil.copytree(data_dir, copy)
     (copy / INDEX_NAME).unlink(missing_ok=True)
     async with make_system(copy) as ms:
+        assert await ms.wait_ready()  # the index opens in the background
         assert ms.report is not None and ms.report.index_action is not None
         assert ms.report.index_action.startswith("rebuilt")
         return await _answers(ms)
@@ -73,7 +74,7 @@ async def test_damaged_index_heals_to_a_fresh_builds_results(
         index.write_bytes(old_index)
         watermark_path(index).write_bytes(old_mark)
     async with make_system(data_dir) as ms:
-        assert ms.report is not None
+        assert ms.report is not None and await ms.wait_ready()
         action = ms.report.index_action or ""
         assert action.startswith("rebuilt") or "caught up" in action, action
         assert (await ms.stats())["index_vectors"] == expected_vectors
@@ -88,7 +89,7 @@ async def test_intact_index_is_loaded_not_rebuilt(
         await _fill(ms, 0, 5)
         await _answers(ms)  # each user's retrieve embeds their own: none is left for the next start
     async with make_system() as ms:
-        assert ms.report is not None
+        assert ms.report is not None and await ms.wait_ready()
         assert ms.report.index_action == "loaded 10 vectors"
 
 
@@ -114,7 +115,7 @@ async def test_changing_the_model_re_embeds_every_memory(
     from tests.conftest import test_settings
 
     async with System(tmp_path / "data", settings=test_settings(), encoder=HashingEncoder(128)) as ms:
-        assert ms.report is not None
+        assert ms.report is not None and await ms.wait_ready()
         assert any("re-embedding" in note for note in ms.report.notes)
         assert ms.report.embeddings_pending == 8
         # A retrieve waits for the asking user's own memories only: ask as both users.

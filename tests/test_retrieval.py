@@ -130,6 +130,7 @@ async def test_forget_user_leaves_nothing(tmp_path: Path, make_system: Callable[
         assert db.execute("SELECT count(*) FROM memories_fts").fetchone() == (5,)
     assert [u["user_id"] for u in read_snapshot(data_dir / SNAPSHOT_NAME)] == ["bob"]
     async with make_system(data_dir) as again:  # and the saved index holds none of alice's vectors
+        assert await again.wait_ready()  # the index opens in the background
         assert (await again.stats())["index_vectors"] == 5
         assert await again.retrieve_memory("alice", "alice") == []
 

@@ -329,6 +329,7 @@ METHODS = [
     Method("stats"),
     Method("health"),
     Method("wait_ready", {}, {"timeout": "seconds"}, frozenset({"timeout"})),
+    Method("integrity_checked"),
     Method("start"),  # no parameters; a second start is refused as the lifecycle's business
     Method("close"),
 ]

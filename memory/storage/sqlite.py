@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,13 @@ import orjson
 
 from memory.coalesce import Coalesced
 from memory.context import parse_time
-from memory.errors import StorageError, SystemClosedError
+from memory.errors import DataDamagedError, StorageError, SystemClosedError
 from memory.lexical import MAX_QUERY_TERMS, informative_terms, read_varint, user_bm25
 from memory.records import ErasureRecord, HistoryEntry, Memory
 from memory.storage.group_commit import GroupCommitWriter, Statement
 from memory.storage.protocol import COMMITTED, ChangeListener, Outcome, Unit
 from memory.storage.rows import history_entry, memory_from_row
+from memory.storage.sqlite_check import IntegrityCheck, quick_check_problem
 from memory.storage.sqlite_connection import AsyncConnection, sqlite3
 from memory.storage.sqlite_errors import (
     _NO_ACCESS,
@@ -88,6 +89,9 @@ class SqliteStore:
         self._checkpointer: asyncio.Task[None] | None = None
         self._purge = Coalesced(self._purge_now)
         self._next_id: int | None = None
+        # Set when the background check finds damage: every later write raises it.
+        self._damage: DataDamagedError | None = None
+        self.integrity = IntegrityCheck(path, self._refuse_writes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,7 +157,7 @@ class SqliteStore:
         while self._writer is not None and self._read_conn is not None:
             await asyncio.sleep(self._checkpoint_interval)
             writer, conn = self._writer, self._read_conn
-            if writer is None or conn is None or writer.units == done:
+            if writer is None or conn is None or writer.units == done or self._damage is not None:
                 continue
             self._supervisor.fault_point(TaskName.CHECKPOINTER)
             try:
@@ -212,10 +216,29 @@ class SqliteStore:
         return conn
 
     async def _check_integrity(self, conn: AsyncConnection) -> None:
-        rows = [row[0] for row in await conn.execute_fetchall("PRAGMA quick_check")]
-        if rows != ["ok"]:
-            problem = sqlite3.DatabaseError("quick_check: " + "; ".join(str(r) for r in rows[:5]))
+        problem = quick_check_problem(await conn.execute_fetchall("PRAGMA quick_check"))
+        if problem is not None:
             raise damaged_database(self.path, problem) from problem
+        self.integrity.passed()
+
+    def check_in_background(
+        self,
+        snapshot: Path | None,
+        hold: asyncio.Event | None = None,
+        after: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Run ``quick_check`` after start, on a connection of its own, once ``after()`` is
+        done (see sqlite_check.py); ``hold`` (a test hook) keeps it from starting until set."""
+        self.integrity.start(snapshot, hold, after)
+
+    def _refuse_writes(self, damage: DataDamagedError) -> None:
+        self._damage = damage
+
+    def _check_writable(self) -> None:
+        if self._damage is not None:
+            raise DataDamagedError(str(self._damage), self.path)
+        if self._writer is None:
+            raise SystemClosedError(f"the database {self.path} is not open for writing")
 
     async def close(self) -> None:
         """Commit what is queued and close; safe to call twice.
@@ -223,6 +246,7 @@ class SqliteStore:
         Each step runs even when one before it failed (a full disk fails the checkpoint): the
         connections' threads must always stop. The first error is raised once all are closed.
         """
+        await self.integrity.close()
         writer, self._writer = self._writer, None
         checkpointer, self._checkpointer = self._checkpointer, None
         if checkpointer is not None:
@@ -265,8 +289,8 @@ class SqliteStore:
         return self._submit_statements(unit_statements(unit))
 
     def _submit_statements(self, statements: Sequence[Statement]) -> asyncio.Future[Outcome]:
-        if self._writer is None:
-            raise SystemClosedError(f"the database {self.path} is not open for writing")
+        self._check_writable()
+        assert self._writer is not None
         done = self._writer.submit(statements)
         outcome: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
 
@@ -285,8 +309,8 @@ class SqliteStore:
 
     async def commit(self, statements: Sequence[Statement]) -> None:
         """Statements of the store's own upkeep (merge steps, the model record)."""
-        if self._writer is None:
-            raise SystemClosedError(f"the database {self.path} is not open for writing")
+        self._check_writable()
+        assert self._writer is not None
         await self._writer.submit(statements)
 
     async def reserve_memory_ids(self, count: int) -> list[int]:
@@ -322,6 +346,8 @@ class SqliteStore:
 
     async def truncate_wal(self) -> None:
         """Copy the WAL into the database and empty it now (an erasure's old frames with it)."""
+        # The check's read transaction would keep the WAL from being emptied: it ends first.
+        await self.integrity.wait()
         writer = self._writer
         if writer is None:
             raise SystemClosedError(f"the database {self.path} is not open for writing")
@@ -542,7 +568,12 @@ class SqliteStore:
         return str(rows[0][0]) if rows else None
 
     async def embedded_ids(self) -> list[tuple[int, str]]:
-        rows = await self.fetch("SELECT id, user_id FROM memories WHERE embedding IS NOT NULL")
+        # Two index-only scans (every id and owner, less the ids of the partial index of the
+        # unembedded), not a scan of the table itself: its rows carry 1.5 KB vectors.
+        rows = await self.fetch(
+            "SELECT id, user_id FROM memories INDEXED BY memories_by_user WHERE id NOT IN"
+            " (SELECT id FROM memories INDEXED BY memories_unembedded WHERE embedding IS NULL)"
+        )
         return [(r[0], r[1]) for r in rows]
 
     async def lexical_search(
