@@ -154,15 +154,6 @@ def encoder_name(settings: EncoderSettings) -> str:
     return settings.model
 
 
-_OLD_BACKEND_SUFFIX = re.compile(r" \((?:torch|onnx)\)$")
-
-
-def same_vectors(stored: str, name: str) -> bool:
-    """Whether embeddings stored under ``stored`` serve the encoder named ``name``; names written
-    while the backend was part of them ("MODEL (torch)", "MODEL (onnx)") match their model."""
-    return stored == name or _OLD_BACKEND_SUFFIX.sub("", stored) == name
-
-
 def quiet_model_libraries() -> None:
     """Keep transformers' progress bars and warnings off the terminal (read at their import)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from memory.atomic import atomic_write, discard_temp, fsync_dir, temp_path
 from memory.errors import IndexCorruptError, StorageError
+from memory.models import same_vectors
 
 log = logging.getLogger(__name__)
 Ids = npt.NDArray[np.int64]
@@ -276,7 +277,7 @@ class PerUserIndex:
                 f"index {path} holds {merged.ntotal} vectors of dim {merged.d}, its watermark "
                 f"says {mark.count} of dim {mark.dim}"
             )
-        if mark.model != model:
+        if not same_vectors(mark.model, model):
             raise IndexCorruptError(f"index {path} was built with {mark.model}, not {model}")
         if database_id is not None and mark.database_id != database_id:
             raise IndexCorruptError(

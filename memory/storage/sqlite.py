@@ -346,15 +346,16 @@ class SqliteStore:
 
     async def truncate_wal(self) -> None:
         """Copy the WAL into the database and empty it now (an erasure's old frames with it)."""
-        # The check's read transaction would keep the WAL from being emptied: it ends first.
-        await self.integrity.wait()
         writer = self._writer
         if writer is None:
             raise SystemClosedError(f"the database {self.path} is not open for writing")
-        for _ in range(TRUNCATE_ATTEMPTS):
-            if await self._truncate_wal(writer):
-                return
-            await asyncio.sleep(TRUNCATE_RETRY_SECONDS)
+        # The check's read transaction would keep the WAL from being emptied: a check that is
+        # reading ends first, and none begins meanwhile.
+        async with self.integrity.reading:
+            for _ in range(TRUNCATE_ATTEMPTS):
+                if await self._truncate_wal(writer):
+                    return
+                await asyncio.sleep(TRUNCATE_RETRY_SECONDS)
         raise StorageError(
             f"could not empty the WAL of {self.path}: another connection kept it busy; "
             "stop long-running readers (admin commands) and try again",

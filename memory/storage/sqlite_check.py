@@ -53,6 +53,10 @@ class IntegrityCheck:
         self.seconds: float | None = None
         self._on_damage = on_damage
         self._task: asyncio.Task[None] | None = None
+        # Held while the check's read transaction is open, which keeps the WAL from being
+        # emptied: an erasure's WAL truncation takes it too, so it waits for a check that is
+        # reading, never for one that has not begun (that one waits for the model, up to 60 s).
+        self.reading = asyncio.Lock()
 
     def passed(self) -> None:
         """The check ran on the start path (``blocking``) and found nothing."""
@@ -103,7 +107,8 @@ class IntegrityCheck:
             await hold.wait()
         started = time.perf_counter()
         try:
-            rows = await self._quick_check()
+            async with self.reading:
+                rows = await self._quick_check()
         except sqlite3.DatabaseError as exc:
             if primary_code(exc) in _CORRUPTION:
                 self._damaged(exc, snapshot)
