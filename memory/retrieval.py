@@ -266,6 +266,7 @@ class Retriever:
             neighbour_lexical=np.array([[raw_lexical(n) for n in a] for a in around]).reshape(-1, 4),
             previous=tuple(rows.get(a[0]) if a[0] is not None else None for a in around),
             following=tuple(rows.get(a[1]) if a[1] is not None else None for a in around),
+            session_gap_minutes=self._cfg.session_gap_minutes,
         )
 
     async def _rows(
