@@ -56,6 +56,7 @@ from memory.ranker import (
     FEATURES,
     MODEL_FEATURES,
     POOL_SIZE,
+    Pool,
     RankerModel,
     expand,
     final_order,
@@ -76,6 +77,7 @@ class Sample:
     x: np.ndarray
     ids: list[str]
     memories: tuple[Memory, ...]
+    pool: Pool
 
 
 async def _inline(fn: Any, *args: Any) -> Any:
@@ -164,7 +166,7 @@ async def pools(data: Path, cache: Path, model: str | None = None) -> tuple[list
             cpu = time.process_time()
             x = pool.features()
             features_cpu += time.process_time() - cpu
-            samples.append(Sample(q, x, ids, pool.memories))
+            samples.append(Sample(q, x, ids, pool.memories, pool))
     return samples, 1000 * features_cpu / max(1, len(samples))
 
 
@@ -309,12 +311,28 @@ def _table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, 
     return recall_table((s.question, order) for s, order in zip(samples, orders, strict=True))
 
 
-def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> float:
-    """Milliseconds per query of the features' second half and the scoring (numpy, one thread)."""
-    started = time.process_time()
-    for s in samples:
-        final_order(s.memories, s.x, model.scores(s.x))
-    return 1000 * (time.process_time() - started) / max(1, len(samples))
+def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> dict[str, float]:
+    """CPU milliseconds per query of the ranker as the running system calls it: the features
+    of the pool (their text analysis cached, as for memories that recur across queries), the
+    scores, the final order; each the median of three passes over every query."""
+
+    def per_query(step: Any) -> float:
+        runs = []
+        for _ in range(3):
+            started = time.process_time()
+            for s in samples:
+                step(s)
+            runs.append(1000 * (time.process_time() - started) / max(1, len(samples)))
+        return round(sorted(runs)[1], 3)
+
+    cost = {
+        "features": per_query(lambda s: s.pool.features()),
+        "scores": per_query(lambda s: model.scores(s.x)),
+        "order": per_query(lambda s: final_order(s.memories, s.x, model.scores(s.x))),
+    }
+    cost["order"] = round(max(cost["order"] - cost["scores"], 0.0), 3)
+    cost["total"] = round(cost["features"] + cost["scores"] + cost["order"], 3)
+    return cost
 
 
 async def measure(
@@ -353,8 +371,8 @@ async def measure(
         "kind": model.kind,
         "loco_recall@10_by_C": {str(c): t["overall"]["recall@10"] for c, t in by_c.items()},
         "C": best_c,
-        "features_ms_per_query": round(features_ms, 3),
-        "scoring_ms_per_query": round(ranker_cost(model, samples), 3),
+        "features_ms_first_sight": round(features_ms, 3),
+        "ranker_ms_per_query": ranker_cost(model, samples),
         "fusion": _table(samples, [s.ids for s in samples]),
         "reranked_loco": loco_tables[shipped],
         "reranked_in_sample": _table(samples, rerank(model, samples)),
@@ -388,17 +406,19 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 def loco_table(report: dict[str, Any]) -> str:
     """Recall@10 per setting: fusion, every LOCO model measured, and the shipped in-sample."""
     rows = [("fusion", report["fusion"])]
-    rows += [(key.removesuffix("_loco") + " (LOCO)", t) for key, t in report.items() if key.endswith("_loco")]
-    rows += [(f"shipped {report['kind']} (in-sample)", report["reranked_in_sample"])]
+    loco = [(key.removesuffix("_loco"), t) for key, t in report.items() if key.endswith("_loco")]
+    rows += [(f"{name} (LOCO)", t) for name, t in loco if name != "reranked"]
+    rows += [(f"shipped: {report['kind']} (in-sample)", report["reranked_in_sample"])]
     lines = ["| Recall@10 | " + " | ".join(name for _, name in COLUMNS) + " |"]
     lines.append("|---" * (len(COLUMNS) + 1) + "|")
     for label, table in rows:
         cells = [f"{table[key]['recall@10']:.3f}" if key in table else "-" for key, _ in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    cost = report["features_ms_per_query"] + report["scoring_ms_per_query"]
+    cost = report["ranker_ms_per_query"]
     lines.append(
-        f"ranker CPU per query: {report['features_ms_per_query']:.2f} ms features + "
-        f"{report['scoring_ms_per_query']:.2f} ms scoring = {cost:.2f} ms ({report['questions']} queries)"
+        f"ranker CPU per query ({report['questions']} queries): features {cost['features']:.2f} ms"
+        f" + scores {cost['scores']:.2f} + order {cost['order']:.2f} = {cost['total']:.2f} ms"
+        f" (features on first sight of the memories: {report['features_ms_first_sight']:.2f} ms)"
     )
     return "\n".join(lines)
 

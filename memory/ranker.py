@@ -342,20 +342,15 @@ def sessions(memories: Sequence[Memory], gap_minutes: float) -> np.ndarray:
     n = len(memories)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    order = sorted(range(n), key=lambda i: (memories[i].scope, memories[i].created_at, memories[i].id))
+    scope_names = sorted({m.scope for m in memories})
+    when = np.array([m.created_at.timestamp() for m in memories])
+    scope = np.array([scope_names.index(m.scope) for m in memories] if len(scope_names) > 1 else [0] * n)
+    order = np.lexsort((np.array([m.id for m in memories]), when, scope))
+    new = (np.diff(when[order]) > gap_minutes * 60) | (gap_minutes <= 0) | (np.diff(scope[order]) != 0)
     group = np.empty(n, dtype=np.int64)
-    current = 0
-    for before, i in zip([None, *order[:-1]], order, strict=True):
-        if before is not None:
-            a, b = memories[before], memories[i]
-            pause = (b.created_at - a.created_at).total_seconds()
-            if gap_minutes <= 0 or a.scope != b.scope or pause > gap_minutes * 60:
-                current += 1
-        group[i] = current
-    first: dict[int, int] = {}
-    for g in group:  # renumber by first appearance in pool order
-        first.setdefault(int(g), len(first))
-    return np.array([first[int(g)] for g in group], dtype=np.int64)
+    group[order] = np.concatenate([[0], np.cumsum(new)])
+    _, first = np.unique(group, return_index=True)  # renumber by first appearance in pool order
+    return np.asarray(_ranks(first)[group])
 
 
 def session_features(
@@ -378,15 +373,12 @@ def session_features(
     if n == 0:
         return out
     out[:, 0] = np.where(mates, fused[None, :], 0.0).max(axis=1)
-    out[:, 1] = np.where(mates, fused[None, :], 0.0).sum(axis=1) / np.maximum(count, 1)
+    out[:, 1] = (mates @ fused) / np.maximum(count, 1)
     out[:, 2] = np.log1p(count + 1)
-    best = np.full(group.max() + 1, -np.inf)
-    np.maximum.at(best, group, fused)
-    session_rank = _ranks(-best)
-    out[:, 3] = np.log1p(session_rank[group])
-    total = np.zeros(group.max() + 1)
-    np.add.at(total, group, fused)
-    out[:, 4] = total[group]
+    _, first = np.unique(group, return_index=True)
+    best = np.maximum(out[:, 0], fused)[first]  # each session's best, in session number order
+    out[:, 3] = np.log1p(_ranks(-best)[group])
+    out[:, 4] = out[:, 1] * count + fused  # the session's sum, this memory included
     same_as_best = group == group[0]
     turns = np.where(same_as_best, np.abs(ids - ids[0]), FAR)
     out[:, 5] = np.log1p(np.minimum(turns, FAR))

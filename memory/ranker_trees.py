@@ -148,11 +148,16 @@ class _Lookup:
     table: np.ndarray
     bits: np.ndarray
     offsets: np.ndarray
+    plain: bool  # no split treats 0 as missing
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        go_left = _goes_left(x[:, self.feature], self.threshold, self.default_left, self.missing)
+        v = np.take(x, self.feature, axis=1)  # (rows, trees, splits)
+        if self.plain and not np.isnan(x).any():
+            go_left = v <= self.threshold  # no missing values to route: the common case
+        else:
+            go_left = _goes_left(v, self.threshold, self.default_left, self.missing)
         codes = (go_left.astype(np.float32) @ self.bits).astype(np.int64)  # exact below 2**24
-        return np.asarray(self.table.ravel()[codes + self.offsets].sum(axis=1))
+        return np.asarray(np.take(self.table, codes + self.offsets).sum(axis=1))
 
 
 def _goes_left(
@@ -200,14 +205,16 @@ def _forest(
             node = np.where(feature[t, node] >= 0, step, node)
         table[t] = value[t, node]
     rows = np.arange(trees)[:, None]
+    missing_of = np.where(feature[rows, at] >= 0, missing[rows, at], 0)
     lookup = _Lookup(
         np.where(feature[rows, at] >= 0, feature[rows, at], 0),
         threshold_of,
         default_left[rows, at],
-        np.where(feature[rows, at] >= 0, missing[rows, at], 0),
-        table,
+        missing_of,
+        table.ravel(),
         (1 << np.arange(shape[1])).astype(np.float32),
         np.arange(trees, dtype=np.int64) * table.shape[1],
+        not (missing_of == 1).any(),
     )
     return Forest(feature, threshold, left, right, value, default_left, missing, depth, lookup)
 
