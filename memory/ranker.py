@@ -372,7 +372,10 @@ def session_features(
     out = np.zeros((n, 13))
     if n == 0:
         return out
-    out[:, 0] = np.where(mates, fused[None, :], 0.0).max(axis=1)
+    apart = np.abs(ids[:, None] - ids[None, :])
+    masks = np.stack([mates, mates & (apart <= 2), mates & (apart <= 4)])
+    best_mate = np.where(masks, fused[None, None, :], 0.0).max(axis=2)  # mates, near 2, near 4
+    out[:, 0] = best_mate[0]
     out[:, 1] = (mates @ fused) / np.maximum(count, 1)
     out[:, 2] = np.log1p(count + 1)
     _, first = np.unique(group, return_index=True)
@@ -383,13 +386,9 @@ def session_features(
     turns = np.where(same_as_best, np.abs(ids - ids[0]), FAR)
     out[:, 5] = np.log1p(np.minimum(turns, FAR))
     out[:, 6] = same_as_best
-    out[:, 7] = np.where(mates, dense[None, :], 0.0).max(axis=1)
-    out[:, 8] = np.where(mates, lexical[None, :], 0.0).max(axis=1)
-    apart = np.abs(ids[:, None] - ids[None, :])
-    for column, reach in ((9, 2), (11, 4)):
-        near = mates & (apart <= reach)
-        out[:, column] = np.where(near, fused[None, :], 0.0).max(axis=1)
-        out[:, column + 1] = near.sum(axis=1)
+    out[:, 7:9] = np.where(mates[:, None, :], np.stack([dense, lexical])[None], 0.0).max(axis=2)
+    out[:, 9], out[:, 10] = best_mate[1], masks[1].sum(axis=1)
+    out[:, 11], out[:, 12] = best_mate[2], masks[2].sum(axis=1)
     return out
 
 

@@ -47,10 +47,13 @@ QUESTIONS = {
 def test_the_shipped_weights_load_without_training_tools_or_network() -> None:
     code = (
         "import sys\n"
-        "from memory.ranker import load_model, MODEL_FEATURES\n"
+        "import numpy as np\n"
+        "from memory.ranker import load_model, FEATURES, MODEL_FEATURES\n"
         "m = load_model()\n"
         "assert m.names == MODEL_FEATURES, m.names\n"
-        "heavy = sorted(n for n in ('sklearn', 'torch', 'sentence_transformers') if n in sys.modules)\n"
+        "heavy = ('sklearn', 'torch', 'sentence_transformers', 'lightgbm')\n"
+        "heavy = sorted(n for n in heavy if n in sys.modules)\n"
+        "assert m.trees is not None and m.scores(np.zeros((5, len(FEATURES)))).shape == (5,)\n"
         "print(len(m.weights), heavy)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_PROXY": "*", "http_proxy": "http://127.0.0.1:9"}
