@@ -16,7 +16,7 @@ fusion 0.57, min-max linear fusion 0.68, and this pipeline 0.77:
 Reciprocal rank fusion loses here because it throws away how far ahead the best match is.
 
 That fusion is stage one. By default (``retrieval.reranker``) its top 60 are re-scored by the
-learned ranker of memory/ranker.py (Recall@10 0.821 leave-one-conversation-out on locomo-dev,
+learned ranker of memory/ranker.py (Recall@10 0.830 leave-one-conversation-out on locomo-dev,
 from 0.770), and what the person only asked the bot is set after every statement.
 """
 
@@ -266,6 +266,7 @@ class Retriever:
             neighbour_lexical=np.array([[raw_lexical(n) for n in a] for a in around]).reshape(-1, 4),
             previous=tuple(rows.get(a[0]) if a[0] is not None else None for a in around),
             following=tuple(rows.get(a[1]) if a[1] is not None else None for a in around),
+            session_gap_minutes=self._cfg.session_gap_minutes,
         )
 
     async def _rows(
