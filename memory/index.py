@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
@@ -34,6 +33,14 @@ from memory.errors import IndexCorruptError, StorageError
 from memory.models import same_vectors
 
 log = logging.getLogger(__name__)
+
+
+def _faiss() -> Any:
+    """faiss, imported at first use: 30 ms of ``import memory`` that the commands which never
+    touch the index (memory-admin forget, rollback, export, ...) need not pay."""
+    import faiss
+
+    return faiss
 Ids = npt.NDArray[np.int64]
 
 
@@ -79,8 +86,8 @@ def owners_checksum(pairs: Iterable[tuple[int, str]]) -> str:
 SCORE_ALL_LIMIT = 1_000
 
 
-def _new_shard(dim: int) -> faiss.IndexIDMap2:
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+def _new_shard(dim: int) -> Any:
+    return _faiss().IndexIDMap2(_faiss().IndexFlatIP(dim))
 
 
 class PerUserIndex:
@@ -89,7 +96,7 @@ class PerUserIndex:
     def __init__(self, dim: int, model: str) -> None:
         self.dim = dim
         self.model = model
-        self._shards: dict[str, faiss.IndexIDMap2] = {}
+        self._shards: dict[str, Any] = {}
         self._owner: dict[int, str] = {}
         # Vectors of memories gone from the database, left out when loading: the file still
         # holds them until it is saved again.
@@ -132,7 +139,7 @@ class PerUserIndex:
                 by_user.setdefault(user, []).append(mid)
         for user, user_ids in by_user.items():
             shard = self._shards[user]
-            shard.remove_ids(faiss.IDSelectorBatch(np.asarray(user_ids, dtype=np.int64)))
+            shard.remove_ids(_faiss().IDSelectorBatch(np.asarray(user_ids, dtype=np.int64)))
             if shard.ntotal == 0:
                 del self._shards[user]
         return sum(len(v) for v in by_user.values())
@@ -154,8 +161,8 @@ class PerUserIndex:
         if allowed is None:
             scores, ids = shard.search(x, k)
         else:
-            selector = faiss.IDSelectorBatch(np.asarray(sorted(allowed), dtype=np.int64))
-            params = faiss.SearchParameters()
+            selector = _faiss().IDSelectorBatch(np.asarray(sorted(allowed), dtype=np.int64))
+            params = _faiss().SearchParameters()
             params.sel = selector
             scores, ids = shard.search(x, k, params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
@@ -196,9 +203,9 @@ class PerUserIndex:
         if n > SCORE_ALL_LIMIT:
             top, floor = self.search_with_floor(user_id, query, k, allowed)
             return top, floor, dict(top)
-        flat: Any = faiss.downcast_index(shard.index)  # an IndexFlatIP; its stub says Index
-        vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
-        ids = faiss.vector_to_array(shard.id_map)
+        flat: Any = _faiss().downcast_index(shard.index)  # an IndexFlatIP; its stub says Index
+        vectors = _faiss().rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        ids = _faiss().vector_to_array(shard.id_map)
         if allowed is not None:
             keep = np.isin(ids, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
             vectors, ids = vectors[keep], ids[keep]
@@ -240,7 +247,7 @@ class PerUserIndex:
             n = int(shard.ntotal)
             if n:
                 vectors = _stored_vectors(shard, self.dim)
-                merged.add_with_ids(vectors, faiss.vector_to_array(shard.id_map).astype(np.int64))
+                merged.add_with_ids(vectors, _faiss().vector_to_array(shard.id_map).astype(np.int64))
         mark = self.watermark(database_id)
         try:
             _write_index(path, merged)
@@ -287,7 +294,7 @@ class PerUserIndex:
         index = cls(mark.dim, model)
         n = int(merged.ntotal)
         if n:
-            ids = faiss.vector_to_array(merged.id_map).astype(np.int64)
+            ids = _faiss().vector_to_array(merged.id_map).astype(np.int64)
             vectors = _stored_vectors(merged, mark.dim)
             by_user: dict[str, list[int]] = {}
             for row, mid in enumerate(ids.tolist()):
@@ -316,21 +323,22 @@ def watermark_path(path: Path) -> Path:
 def _read_index(path: Path) -> Any:
     if not path.is_file():  # read_index would name it only in a C++ message
         raise FileNotFoundError(f"no such file: {path}")
-    return faiss.read_index(str(path))
+    return _faiss().read_index(str(path))
 
 
 def _stored_vectors(id_map: Any, dim: int) -> npt.NDArray[np.float32]:
     """The vectors of an ``IndexIDMap2(IndexFlatIP)``, in id-map order: a view, valid while it lives."""
-    flat: Any = faiss.downcast_index(id_map.index)
+    flat: Any = _faiss().downcast_index(id_map.index)
     n = int(id_map.ntotal)
-    return faiss.rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+    vectors: npt.NDArray[np.float32] = _faiss().rev_swig_ptr(flat.get_xb(), n * dim).reshape(n, dim)
+    return vectors
 
 
 def _write_index(path: Path, index: Any) -> None:
     tmp = temp_path(path)
     try:
         try:
-            faiss.write_index(index, str(tmp))
+            _faiss().write_index(index, str(tmp))
         except RuntimeError as exc:  # FAISS's C++ I/O error: a full disk, a folder gone
             raise OSError(f"FAISS could not write {tmp}: {exc}") from exc
         fd = os.open(tmp, os.O_RDONLY)
@@ -360,10 +368,10 @@ def erase_from_file(path: Path, ids: Iterable[int], owners: Mapping[int, str]) -
         merged: Any = _read_index(path)
         before = int(merged.ntotal)
         gone = np.asarray(sorted(set(ids)), dtype=np.int64)
-        removed = int(merged.remove_ids(faiss.IDSelectorBatch(gone))) if len(gone) else 0
+        removed = int(merged.remove_ids(_faiss().IDSelectorBatch(gone))) if len(gone) else 0
         if not removed:
             return 0
-        left = faiss.vector_to_array(merged.id_map).astype(np.int64).tolist()
+        left = _faiss().vector_to_array(merged.id_map).astype(np.int64).tolist()
         pairs = [(mid, owners[mid]) for mid in left if mid in owners]
         fresh = Watermark(
             before - removed,

@@ -26,7 +26,6 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from memory.errors import EncoderError
@@ -103,6 +102,8 @@ class SplitZip:
 
     def pieces(self, spec: ModelSpec) -> list[Path]:
         """The pieces in order, each checked against the sha256 of its package's RECORD."""
+        from importlib import metadata  # here: 20 ms of `import memory` for a rarely used model
+
         pieces = []
         for name in self.packages:
             try:
