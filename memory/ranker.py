@@ -232,30 +232,52 @@ class Pool:
         if n == 0:
             return out
         q = _Query.of(self.query)
-        texts = [_analyse(person_part(m)) for m in self.memories]
+        # One analysis per memory: the neighbours are mostly pool members themselves.
+        analysed: dict[int, _Text] = {}
+
+        def text_of(memory: Memory) -> _Text:
+            found = analysed.get(memory.id)
+            if found is None:
+                found = analysed[memory.id] = _analyse(person_part(memory))
+            return found
+
+        texts = [text_of(m) for m in self.memories]
         self._stage_one(out, texts)
         speakers = {t.speaker.casefold() for t in texts if t.speaker}
         named = speakers & q.words
+        one_named = len(named) == 1
+        kinds = ("exchange", "fact", "note")
+        rows = []  # columns 17-34, written at once: a numpy row write per value costs more
         for i, (memory, t) in enumerate(zip(self.memories, texts, strict=True)):
-            row = out[i]
-            row[17] = q.coverage(t)
-            row[18] = q.coverage(_analyse(person_part(nxt))) if (nxt := self.following[i]) else 0.0
-            row[19] = q.coverage(_analyse(person_part(prv))) if (prv := self.previous[i]) else 0.0
-            if len(named) == 1 and t.speaker:
-                own = t.speaker.casefold() in named
-                row[20], row[21] = float(own), float(not own)
-            row[22] = float(q.when and t.has_time)
-            row[23] = q.date_match(memory.created_at)
+            nxt, prv = self.following[i], self.previous[i]
+            has_speaker = one_named and bool(t.speaker)
+            own = has_speaker and (t.speaker or "").casefold() in named
+            other = has_speaker and not own
             capitals = len((t.capitals - speakers) & q.capitals)
             numbers = len(t.numbers & q.numbers)
-            row[24], row[25] = capitals, numbers
-            row[26] = capitals * q.where_who
-            row[27] = numbers * q.how_many
-            row[28] = float(t.is_question)
-            row[29] = float(t.only_question)
-            row[30] = float(t.caption)
-            row[31] = math.log1p(t.words)
-            row[32 + ("exchange", "fact", "note").index(memory.kind)] = 1.0
+            kind = [0.0, 0.0, 0.0]
+            kind[kinds.index(memory.kind)] = 1.0
+            rows.append(
+                (
+                    q.coverage(t),
+                    q.coverage(text_of(nxt)) if nxt else 0.0,
+                    q.coverage(text_of(prv)) if prv else 0.0,
+                    float(own),
+                    float(other),
+                    float(q.when and t.has_time),
+                    q.date_match(memory.created_at),
+                    capitals,
+                    numbers,
+                    capitals * q.where_who,
+                    numbers * q.how_many,
+                    float(t.is_question),
+                    float(t.only_question),
+                    float(t.caption),
+                    math.log1p(t.words),
+                    *kind,
+                )
+            )
+        out[:, 17:35] = rows
         shares = out[:, 1], out[:, 3], out[:, 4]
         out[:, 35:] = session_features(self.memories, *shares, self.session_gap_minutes)
         return out
