@@ -249,11 +249,7 @@ class PerUserIndex:
                 vectors = _stored_vectors(shard, self.dim)
                 merged.add_with_ids(vectors, _faiss().vector_to_array(shard.id_map).astype(np.int64))
         mark = self.watermark(database_id)
-        try:
-            _write_index(path, merged)
-            atomic_write(watermark_path(path), mark.to_json().encode())
-        except OSError as exc:
-            raise StorageError(f"could not save the index {path}: {exc}", path) from exc
+        _save_with_watermark(path, merged, mark)
         return mark
 
     @classmethod
@@ -326,6 +322,16 @@ def _read_index(path: Path) -> Any:
     return _faiss().read_index(str(path))
 
 
+def _save_with_watermark(path: Path, merged: Any, mark: Watermark) -> None:
+    """The index file, then its watermark (each written atomically): a crash between them
+    leaves a watermark that no longer matches, which the next load rebuilds from."""
+    try:
+        _write_index(path, merged)
+        atomic_write(watermark_path(path), mark.to_json().encode())
+    except OSError as exc:
+        raise StorageError(f"could not save the index {path}: {exc}", path) from exc
+
+
 def _stored_vectors(id_map: Any, dim: int) -> npt.NDArray[np.float32]:
     """The vectors of an ``IndexIDMap2(IndexFlatIP)``, in id-map order: a view, valid while it lives."""
     flat: Any = _faiss().downcast_index(id_map.index)
@@ -389,9 +395,5 @@ def erase_from_file(path: Path, ids: Iterable[int], owners: Mapping[int, str]) -
             except OSError as gone_exc:
                 raise StorageError(f"could not delete the index {file}: {gone_exc}", file) from gone_exc
         return 0
-    try:
-        _write_index(path, merged)
-        atomic_write(watermark_path(path), fresh.to_json().encode())
-    except OSError as exc:
-        raise StorageError(f"could not save the index {path}: {exc}", path) from exc
+    _save_with_watermark(path, merged, fresh)
     return removed
