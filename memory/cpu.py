@@ -2,7 +2,7 @@
 
 bfloat16 weights halve the memory the model reads per query (a one-query forward pass is
 bound by reading the weights), but only CPUs with bf16 instructions run them fast; elsewhere
-the emulation is slower than float32. The int8 ONNX export has a variant per instruction set.
+the emulation is slower than float32. int8 speed depends on the instruction set (VNNI or not).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def has_native_bfloat16(flags: frozenset[str] | None = None) -> bool:
 
 
 def int8_instruction_set(flags: frozenset[str] | None = None) -> str:
-    """The quantisation target of sentence-transformers' ``export_dynamic_quantized_onnx_model``."""
+    """The best int8 instruction set this CPU has, named beside benchmark figures: the int8 ONNX
+    graph (one file for every CPU, memory/onnx_export.py) runs at a speed that depends on it."""
     flags = cpu_flags() if flags is None else flags
     if "avx512_vnni" in flags:
         return "avx512_vnni"
