@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sqlite3 as stdlib_sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,6 +20,7 @@ import pytest
 
 from memory import InvalidInputError, MemorySystem, Settings
 from memory.recovery import DB_NAME
+from memory.storage.sqlite_connection import sqlite3
 from tests.postgres_fixtures import database_rows as postgres_rows
 
 MAX_TEXT = Settings().limits.max_text_length
@@ -337,16 +337,30 @@ METHODS = [
 
 # FTS5 keeps its index as segments that the store merges in the background: their layout
 # changes without any change of content. The indexed text itself is in memories_fts_content.
-FTS_LAYOUT = ('INSERT INTO "memories_fts_data"', 'INSERT INTO "memories_fts_idx"')
+FTS_LAYOUT = ("memories_fts_data", "memories_fts_idx")
 
 
 def database_rows(path: Path) -> list[str]:
-    """Every committed row of the database file, as SQL text, read by a separate connection."""
-    # The standard library's sqlite3: the SQLite the store runs on may lack iterdump; the
-    # file format is the same, and only FTS5's own tables need the newer one to be read.
-    db = stdlib_sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """Every committed row of the database file, as text, read by a separate connection.
+
+    Read with the store's own SQLite (sqlean), not the standard library's: a second SQLite
+    library in one process does not share the file's POSIX locks with the first, so closing
+    its connection can drop the writer's locks and empty the WAL index under it (a bus error
+    in CI). Virtual tables are read through their shadow tables, as a dump would.
+    """
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return [line for line in db.iterdump() if not line.startswith(FTS_LAYOUT)]
+        tables = db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        ).fetchall()
+        lines = []
+        for name, sql in tables:
+            virtual = str(sql or "").upper().startswith("CREATE VIRTUAL TABLE")
+            internal = name.startswith("sqlite_") and name != "sqlite_sequence"
+            if virtual or internal or name in FTS_LAYOUT:
+                continue
+            lines += sorted(f"{name}: {row!r}" for row in db.execute(f'SELECT * FROM "{name}"'))
+        return lines
     finally:
         db.close()
 
