@@ -227,8 +227,9 @@ def _labels(samples: Sequence[Sample]) -> np.ndarray:
     return np.concatenate([[i in s.question.evidence for i in s.ids] for s in samples]).astype(int)
 
 
-def fit_trees(samples: Sequence[Sample]) -> Forest:
-    """LambdaMART over ``FEATURES`` (one query group per pool), as numpy-evaluable trees."""
+def fit_trees(samples: Sequence[Sample], seed: int = 0) -> Forest:
+    """LambdaMART over ``FEATURES`` (one query group per pool), as numpy-evaluable trees
+    (``seed``: LightGBM's, which draws the bagged rows and features)."""
     try:
         import lightgbm as lgb  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -238,7 +239,7 @@ def fit_trees(samples: Sequence[Sample]) -> Forest:
     data = lgb.Dataset(
         np.vstack([s.x for s in samples]), _labels(samples), group=[len(s.ids) for s in samples]
     )
-    booster = lgb.train(LAMBDAMART, data, num_boost_round=LAMBDAMART_ROUNDS)
+    booster = lgb.train({**LAMBDAMART, "seed": seed}, data, num_boost_round=LAMBDAMART_ROUNDS)
     return Forest.from_lightgbm(booster.dump_model())
 
 
@@ -261,7 +262,9 @@ def calibrate(model: RankerModel, logits: np.ndarray, labels: np.ndarray) -> Ran
     return replace(model, combine=(k * a, k * b, c))
 
 
-def loco_stacked(samples: Sequence[Sample], c: float) -> tuple[dict[str, list[list[str]]], np.ndarray]:
+def loco_stacked(
+    samples: Sequence[Sample], c: float, seed: int = 0
+) -> tuple[dict[str, list[list[str]]], np.ndarray]:
     """Leave-one-conversation-out orders of the trees alone and of the stack, and the stack's
     out-of-fold logits (every row, in sample order)."""
     orders: dict[str, dict[int, list[str]]] = {"lambdamart": {}, "stacked": {}}
@@ -269,7 +272,7 @@ def loco_stacked(samples: Sequence[Sample], c: float) -> tuple[dict[str, list[li
     for user in sorted({s.question.user for s in samples}):
         train = [s for s in samples if s.question.user != user]
         _log(f"  trees without {user} ...")
-        model = stacked(fit(train, c), fit_trees(train), train)
+        model = stacked(fit(train, c), fit_trees(train, seed), train)
         assert model.trees is not None
         for i, s in enumerate(samples):
             if s.question.user == user:
@@ -336,7 +339,13 @@ def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> dict[str, floa
 
 
 async def measure(
-    data: Path, cache: Path, encoder_model: str | None = None, *, ensemble: bool = False, kind: str = "auto"
+    data: Path,
+    cache: Path,
+    encoder_model: str | None = None,
+    *,
+    ensemble: bool = False,
+    kind: str = "auto",
+    seeds: int = 1,
 ) -> tuple[RankerModel, dict[str, Any], np.ndarray]:
     """The model fitted on every conversation, the figures (fusion, LOCO, in-sample), and a
     few feature rows for the weights file's tree check.
@@ -378,11 +387,24 @@ async def measure(
         "reranked_in_sample": _table(samples, rerank(model, samples)),
         **{f"{name}_loco": table for name, table in loco_tables.items()},
     }
+    if seeds > 1 and model.trees is not None:
+        report["stacked_loco_by_seed"] = seed_spread(samples, best_c, seeds, _r10(loco_tables["stacked"]))
     if ensemble:
         for name, found in loco_with_gbm(samples, best_c).items():
             report[f"{name}_loco"] = _table(samples, found)
     check = np.vstack([s.x[:4] for s in samples[:: max(1, len(samples) // 8)]])
     return model, report, check
+
+
+def seed_spread(samples: Sequence[Sample], c: float, seeds: int, first: float) -> dict[str, Any]:
+    """The stack's LOCO Recall@10 with LightGBM seeds 0..seeds-1 (``first``: seed 0's, measured
+    already). The bagged trees move it by several thousandths from seed to seed: the spread
+    says how much of a difference between two settings is noise."""
+    found = [first]
+    for seed in range(1, seeds):
+        _log(f" seed {seed} ...")
+        found.append(_r10(_table(samples, loco_stacked(samples, c, seed)[0]["stacked"])))
+    return {"recall@10": found, "mean": round(float(np.mean(found)), 4), "min": min(found), "max": max(found)}
 
 
 def _r10(table: dict[str, Any]) -> float:
@@ -414,6 +436,11 @@ def loco_table(report: dict[str, Any]) -> str:
     for label, table in rows:
         cells = [f"{table[key]['recall@10']:.3f}" if key in table else "-" for key, _ in COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if spread := report.get("stacked_loco_by_seed"):
+        lines.append(
+            f"stacked (LOCO) over {len(spread['recall@10'])} LightGBM seeds: mean {spread['mean']:.3f},"
+            f" {spread['min']:.3f}-{spread['max']:.3f}"
+        )
     cost = report["ranker_ms_per_query"]
     lines.append(
         f"ranker CPU per query ({report['questions']} queries): features {cost['features']:.2f} ms"
@@ -443,12 +470,15 @@ def main() -> None:
         default="auto",
         help="the model to ship (auto: the stack with LambdaMART when it measures better LOCO)",
     )
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="also measure the stack's LOCO with this many LightGBM seeds"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"train_ranker: no dataset at {args.data}; pass --data")
     model, report, check = asyncio.run(
-        measure(args.data, args.cache, args.model, ensemble=args.ensemble, kind=args.kind)
+        measure(args.data, args.cache, args.model, ensemble=args.ensemble, kind=args.kind, seeds=args.seeds)
     )
     if not args.no_write:
         loco_r10 = report["reranked_loco"]["overall"]["recall@10"]

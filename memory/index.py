@@ -41,6 +41,8 @@ def _faiss() -> Any:
     import faiss
 
     return faiss
+
+
 Ids = npt.NDArray[np.int64]
 
 
@@ -233,6 +235,18 @@ class PerUserIndex:
         vectors = np.vstack([shard.reconstruct(mid) for mid in mine])
         scores = vectors @ query.astype(np.float32)
         return {mid: float(score) for mid, score in zip(mine, scores.tolist(), strict=True)}
+
+    def vectors_of(self, user_id: str, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """The stored vectors of these memories of this user, one row each in order; a row of
+        NaN for a memory not in the user's shard (another user's, or not embedded yet)."""
+        out = np.full((len(ids), self.dim), np.nan, dtype=np.float32)
+        shard = self._shards.get(user_id)
+        if shard is None:
+            return out
+        rows = [row for row, mid in enumerate(ids) if self._owner.get(mid) == user_id]
+        if rows:  # one call for all (60 single reconstructs cost 0.35 ms, this 0.014)
+            out[rows] = shard.reconstruct_batch(np.asarray([ids[row] for row in rows], dtype=np.int64))
+        return out
 
     def watermark(self, database_id: str = "") -> Watermark:
         checksum = owners_checksum(self._owner.items())

@@ -91,6 +91,7 @@ class _Stage:
     neighbours: dict[int, tuple[int | None, int | None]]
     floor: float
     hits: set[int]
+    query_vector: Vectors | None = None
 
 
 def fuse(
@@ -253,6 +254,7 @@ class Retriever:
             return prev, nxt, prev2, next2
 
         around = [steps(c.memory_id) for c in chosen]
+        vectors = await self._vectors(index, user_id, [c.memory_id for c in chosen], stage.query_vector)
         return Pool(
             query=query,
             memories=tuple(rows[c.memory_id] for c in chosen),
@@ -267,7 +269,25 @@ class Retriever:
             previous=tuple(rows.get(a[0]) if a[0] is not None else None for a in around),
             following=tuple(rows.get(a[1]) if a[1] is not None else None for a in around),
             session_gap_minutes=self._cfg.session_gap_minutes,
+            query_vector=None if vectors is None else np.asarray(stage.query_vector),
+            vectors=vectors,
         )
+
+    async def _vectors(
+        self,
+        index: PerUserIndex | StoreDense | None,
+        user_id: str,
+        ids: Sequence[int],
+        query_vector: Vectors | None,
+    ) -> np.ndarray | None:
+        """The candidates' stored vectors (the ranker's vector features), None without a model."""
+        if index is None or query_vector is None:
+            return None
+        if isinstance(index, StoreDense):
+            found: np.ndarray = await index.vectors_of(user_id, ids, int(np.asarray(query_vector).size))
+        else:
+            found = await self._run_index(index.vectors_of, user_id, ids)
+        return found
 
     async def _rows(
         self, candidates: Sequence[Candidate], neighbours: Mapping[int, tuple[int | None, int | None]]
@@ -346,7 +366,7 @@ class Retriever:
                 )
         hits = {mid for mid, _ in dense_top}
         ranked = fuse(dense, floor, lexical, neighbours, weights, hits)
-        return _Stage(ranked, dense, lexical, neighbours, floor, hits)
+        return _Stage(ranked, dense, lexical, neighbours, floor, hits, query_vector)
 
     async def _materialise(
         self,

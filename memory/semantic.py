@@ -47,6 +47,7 @@ from memory.errors import BackgroundTaskError, EncoderError, IndexCorruptError, 
 from memory.index import PerUserIndex, erase_from_file
 from memory.locks import LockLevel, OrderedLock
 from memory.models import same_vectors
+from memory.ranker import person_part
 from memory.records import Memory, ScoredMemory
 from memory.recovery import StartupReport
 from memory.retrieval import Retriever
@@ -73,8 +74,13 @@ class EncoderState(StrEnum):
 
 
 def embedding_text(memory: Memory) -> str:
-    """What the model sees of a memory: its own text (context words measured worse here)."""
-    return memory.text
+    """What the model sees of a memory: its own text (context words measured worse here), and
+    of an exchange only what the person said. The bot's reply states nothing about the person,
+    and it often quotes an older memory ("Last time you told me ...") or a stock phrase: in
+    the vector, that made a new memory look like the one quoted ("I have a dog named Rex",
+    answered with a quote about the cello, outranked the cello for "which instrument do I
+    play?"), as the lexical index already knew (memory/retrieval.py ``lexical_document``)."""
+    return person_part(memory)
 
 
 class SemanticMemory:

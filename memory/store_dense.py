@@ -118,6 +118,20 @@ class StoreDense:
             return scores
         return await self._store.dense_scores(user_id, _bytes(query), wanted)
 
+    async def vectors_of(self, user_id: str, ids: Sequence[int], dim: int) -> np.ndarray:
+        """``PerUserIndex.vectors_of`` from the cached shard, else from the stored rows."""
+        cached = self._shards.get(user_id)
+        if cached is not None:  # checked by the search just before, in the same retrieve
+            found: np.ndarray = await self._run(cached[1].vectors_of, user_id, ids)
+            return found
+        out = np.full((len(ids), dim), np.nan, dtype=np.float32)
+        row_of = {mid: row for row, mid in enumerate(ids)}
+        for mid, uid, blob in await self._store.embeddings_for(list(ids)) if ids else []:
+            vector = np.frombuffer(blob, dtype=np.float32)
+            if uid == user_id and mid in row_of and len(vector) == dim:
+                out[row_of[mid]] = vector
+        return out
+
 
 def _bytes(vector: Vectors) -> bytes:
     return np.ascontiguousarray(vector, dtype=np.float32).tobytes()

@@ -177,7 +177,7 @@ def test_session_features_read_the_mates_and_the_distance_to_the_best() -> None:
     dense = np.array([0.9, 1.0, 0.2, 0.3, 0.0])
     lexical = np.array([0.0, 0.5, 1.0, 0.7, 0.2])
     out = session_features(pool, fused, dense, lexical, 30.0)
-    column = {name: out[:, i] for i, name in enumerate(FEATURES[35:])}
+    column = {name: out[:, i] for i, name in enumerate(FEATURES[35:48])}
     assert column["session_mate_fused"].tolist() == [0.5, 0.4, 1.0, 0.8, 1.0]
     assert column["session_mate_dense"].tolist() == [0.2, 0.3, 0.9, 1.0, 0.9]
     assert column["session_mate_lexical"].tolist() == [1.0, 0.7, 0.2, 0.5, 1.0]
