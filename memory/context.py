@@ -69,8 +69,15 @@ class FrozenMap(Mapping[str, Any]):
         return f"FrozenMap({self._data!r})"
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def freeze_json(value: Any) -> Any:
-    """A deeply immutable copy of parsed JSON: objects become FrozenMaps, arrays tuples."""
+    """A deeply immutable copy of parsed JSON: objects become FrozenMaps, arrays tuples.
+    (Scalars are tested first: an isinstance test against the Mapping ABC costs several times
+    one against concrete types, and most values are scalars.)"""
+    if isinstance(value, _SCALARS):
+        return value
     if isinstance(value, Mapping):
         return FrozenMap({str(k): freeze_json(v) for k, v in value.items()})
     if isinstance(value, list | tuple):
@@ -314,12 +321,22 @@ def stored_row(file: Path, row: str) -> Iterator[None]:
     and ``row``: bytes read back from disk that are wrong are damage, never a caller's bad input."""
     try:
         yield
-    except (ValueError, TypeError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
-        raise DataDamagedError(
-            f"{file} is damaged: {row} does not parse ({exc}). The rest of the file may be sound: "
-            f"keep a copy of it, then restore it from a backup or try `sqlite3 {file} .recover`",
-            file,
-        ) from exc
+    except ROW_DAMAGE as exc:
+        raise damaged_row(file, row, exc) from exc
+
+
+# What a stored row that does not parse or validate raises (orjson.JSONDecodeError is a ValueError).
+ROW_DAMAGE = (ValueError, TypeError, KeyError)
+
+
+def damaged_row(file: Path, row: str, exc: Exception) -> DataDamagedError:
+    """The error for ``row`` of ``file`` that does not parse (``stored_row``'s, for a reader
+    that catches ``ROW_DAMAGE`` itself on a hot path)."""
+    return DataDamagedError(
+        f"{file} is damaged: {row} does not parse ({exc}). The rest of the file may be sound: "
+        f"keep a copy of it, then restore it from a backup or try `sqlite3 {file} .recover`",
+        file,
+    )
 
 
 def parse_stored_json(raw: str | bytes, file: Path, row: str) -> Any:

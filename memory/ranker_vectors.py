@@ -5,7 +5,7 @@ and what every memory of this conversation shares (its speakers, its topics, the
 the chat). Taking the pool's mean vector out of the query and of each candidate leaves what
 sets this memory apart from its rivals; and a candidate that resembles the pool's best
 candidates is more often evidence too (a multi-hop question's second turn looks like its
-first). On locomo-dev, leave-one-conversation-out Recall@10 0.830 -> 0.840 with these
+first). On locomo-dev, leave-one-conversation-out Recall@10 0.829 -> 0.839 with these
 columns and the question kinds below (benchmarks/train_ranker.py).
 
 Why the question kinds: the right evidence looks different for "would she likely ...", "is

@@ -15,6 +15,7 @@ from memory.inspector import Inspector
 from memory.ranker import FEATURES
 from memory.ranker_vectors import QUESTION_FEATURES, VECTOR_FEATURES, question_kinds, vector_features
 from memory.retrieval import Retriever
+from memory.storage.protocol import DenseSearch
 from memory.store_dense import StoreDense
 from tests.conftest import test_settings
 
@@ -110,7 +111,7 @@ async def test_the_pool_carries_each_candidates_own_stored_vector(
     encoder = HashingEncoder()
     want = {m.id: row for m, row in zip(saved, await encoder.encode(texts), strict=True)}
     query = "where does my sister live"
-    query_vector = (await encoder.encode([query]))[0]
+    query_vector: np.ndarray = (await encoder.encode([query]))[0]
 
     async def embed() -> np.ndarray:
         return query_vector
@@ -125,6 +126,7 @@ async def test_the_pool_carries_each_candidates_own_stored_vector(
             other = await store.memory_ids("bob")
             assert np.isnan(index.vectors_of("ana", other)).all()  # bob's vector is not ana's
         else:
+            assert isinstance(store, DenseSearch)  # PostgreSQL keeps and searches the vectors itself
             index = StoreDense(store, _inline, 10_000 if dense_path == "store rows" else 0)
         retriever = Retriever(store, settings.retrieval, _inline)
         pool = await retriever.pool(index, "ana", query, embed, None)
