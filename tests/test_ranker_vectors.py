@@ -138,3 +138,26 @@ async def test_the_pool_carries_each_candidates_own_stored_vector(
     assert features.shape == (3, len(FEATURES))
     first = FEATURES.index(VECTOR_FEATURES[0])
     assert np.ptp(features[:, first]) > 0  # the vector columns are filled, not left at 0
+
+
+async def test_an_exchange_is_embedded_without_the_bots_reply(tmp_path: Path) -> None:
+    """The bot's reply quotes older memories ("Last time you told me ..."): in the vector it
+    made a new memory look like the one quoted."""
+    settings = test_settings()
+    async with MemorySystem(tmp_path, settings=settings, encoder=HashingEncoder()) as ms:
+        reply = 'Last time you told me "I play the cello"'
+        ctx = await ms.update_context("sam", "I have a dog named Rex", reply)
+        assert await ms.wait_ready()
+        await ms.retrieve_memory("sam", "dog")  # embeds the asker's pending memories
+        assert (await ms.stats())["pending_embeddings"] == 0
+    async with Inspector(tmp_path, settings) as inspector:
+        ids = await inspector.store.memory_ids("sam")
+        memories = await inspector.store.memories_by_id(ids)
+        rows = await inspector.store.embeddings_for(ids)
+    assert ctx.version >= 1 and len(rows) == 1
+    text = memories[rows[0][0]].text
+    assert "cello" in text  # the memory keeps the whole exchange ...
+    (person,) = await HashingEncoder().encode([text.split("\nBot: ", 1)[0]])
+    (whole,) = await HashingEncoder().encode([text])
+    stored = np.frombuffer(rows[0][2], dtype=np.float32)
+    assert np.allclose(stored, person) and not np.allclose(stored, whole)  # ... its vector does not
