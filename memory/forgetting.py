@@ -30,6 +30,7 @@ from memory.erasure import (
 )
 from memory.errors import InvalidInputError, MemoryNotFoundError
 from memory.locks import UserLocks
+from memory.ranker import forget_cached_texts
 from memory.records import ErasureRecord, Memory
 from memory.retrieval import lexical_document
 from memory.semantic import SemanticMemory
@@ -205,7 +206,9 @@ class Forgetting:
 
     async def _after_erasure(self, cancelled: bool, *, snapshot: bool = False) -> None:
         """Outside the user lock: purge the deleted rows from the files, and rewrite the snapshot
-        when it quoted what was forgotten; then the caller's own cancellation, if any."""
+        when it quoted what was forgotten; then the caller's own cancellation, if any. The
+        ranker's cached analyses of memory texts go too (they hold the forgotten words)."""
+        forget_cached_texts()
         cancelled = await wait_for_commit(self._store.purge_erased()) or cancelled
         if snapshot and self._saver is not None:
             cancelled = await wait_for_commit(self._saver.flush()) or cancelled

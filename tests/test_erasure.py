@@ -22,6 +22,7 @@ import pytest
 
 from memory import MemorySystem
 from memory.index import PerUserIndex
+from memory.ranker import cached_texts
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 SECRET = "Zanzibarian quokkas adore marzipan"  # words found nowhere else in the folder
@@ -52,6 +53,15 @@ async def index_ids(ms: MemorySystem) -> set[int]:
     raw = (ms.data_dir / "vectors.faiss").read_bytes()
     index: Any = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))  # an IndexIDMap2
     return set(faiss.vector_to_array(index.id_map).tolist())
+
+
+async def test_an_erasure_empties_the_rankers_cached_analyses_of_texts(ms: MemorySystem) -> None:
+    note = await ms.save_memory("bo", SECRET, kind="note")
+    await ms.save_memory("bo", "an ordinary note about tea", kind="note")
+    assert [r.memory.id for r in await ms.retrieve_memory("bo", SECRET, k=1)] == [note.id]
+    assert cached_texts() > 0  # the reranker analysed the pool's texts, the secret among them
+    await ms.forget_memory("bo", note.id)
+    assert cached_texts() == 0
 
 
 @pytest.mark.sqlite_only("reads SQLite's files, the snapshot and the FAISS file")
