@@ -310,7 +310,7 @@ class Pool:
         out[:, 17:35] = rows
         shares = out[:, 1], out[:, 3], out[:, 4]
         out[:, _SESSION_COLUMNS] = session_features(self.memories, *shares, self.session_gap_minutes)
-        out[:, _VECTOR_COLUMNS] = vector_features(self.query_vector, self.vectors)
+        out[:, _VECTOR_COLUMNS] = vector_features(self.query_vector, self.vectors, n)
         out[:, _QUESTION_COLUMNS] = question_features(self.query, out[:, 3])
         return out
 

@@ -80,18 +80,20 @@ def _gram(unit: np.ndarray) -> np.ndarray:
     return np.hstack([unit @ unit[start : start + step].T for start in range(0, n, step)])
 
 
-def vector_features(query: np.ndarray | None, vectors: np.ndarray | None) -> np.ndarray:
-    """The ``VECTOR_FEATURES`` columns for candidates in pool order.
+def vector_features(query: np.ndarray | None, vectors: np.ndarray | None, n: int) -> np.ndarray:
+    """The ``VECTOR_FEATURES`` columns for the ``n`` candidates in pool order.
 
     ``vectors`` holds one row per candidate (NaN: not embedded yet); without a query vector or
-    candidate vectors every column is 0. A candidate without a vector gets the pool's lowest
-    centered cosine and no likeness, as if it were the weakest dense candidate. Computed in
+    candidate vectors (no model yet: a lexical-only retrieve) every column is 0. A candidate
+    without a vector gets the pool's lowest centered cosine and no likeness, as if it were the
+    weakest dense candidate. Computed in
     float32, as the vectors are stored: a 60 x 60 product of float64 rows costs twice the CPU.
     """
-    n = 0 if vectors is None else len(vectors)
     out = np.zeros((n, len(VECTOR_FEATURES)))
     if query is None or vectors is None or n == 0:
         return out
+    if len(vectors) != n:
+        raise ValueError(f"{len(vectors)} vectors for {n} candidates")
     known = ~np.isnan(vectors[:, 0])
     if not known.any():
         return out

@@ -31,8 +31,8 @@ def test_the_centered_cosine_ignores_what_every_candidate_shares() -> None:
     rng = np.random.default_rng(3)
     vectors, query = rng.normal(size=(6, 8)), rng.normal(size=8)
     shared = 5 * rng.normal(size=8)  # a topic the whole pool has in common
-    plain = vector_features(query, vectors)
-    shifted = vector_features(query + shared, vectors + shared)
+    plain = vector_features(query, vectors, len(vectors))
+    shifted = vector_features(query + shared, vectors + shared, len(vectors))
     assert np.allclose(plain, shifted, atol=1e-4)  # float32, as the vectors are stored
     # ... while the raw cosine is dominated by it: every candidate looks alike to the query
     raw = _unit((vectors + shared).tolist()) @ ((query + shared) / np.linalg.norm(query + shared))
@@ -41,7 +41,7 @@ def test_the_centered_cosine_ignores_what_every_candidate_shares() -> None:
 
 def test_the_candidate_most_like_the_query_once_centered_ranks_first() -> None:
     vectors = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0]])
-    out = vector_features(np.array([0.0, 0.9, 0.1]), vectors)
+    out = vector_features(np.array([0.0, 0.9, 0.1]), vectors, len(vectors))
     assert int(np.argmax(out[:, COLUMN["dense_centered"]])) == 1
     assert out[1, COLUMN["rank_centered_log"]] == 0.0
     assert out[:, COLUMN["dense_centered_minmax"]].max() == 1.0
@@ -51,7 +51,7 @@ def test_the_candidate_most_like_the_query_once_centered_ranks_first() -> None:
 def test_likeness_reads_the_pools_first_candidates_and_never_the_candidate_itself() -> None:
     # pool order: 0 is the best fused; 1 says the same as 0; 2 and 3 point elsewhere
     vectors = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    out = vector_features(np.ones(3), vectors)
+    out = vector_features(np.ones(3), vectors, len(vectors))
     like_top1 = out[:, COLUMN["like_top1"]]
     assert like_top1[0] == -1.0  # itself is not its own neighbour
     assert like_top1[1] == like_top1.max() and like_top1[1] > 0.9
@@ -60,12 +60,16 @@ def test_likeness_reads_the_pools_first_candidates_and_never_the_candidate_itsel
 
 def test_a_candidate_without_a_vector_gets_the_lowest_score_and_no_likeness() -> None:
     vectors = np.array([[1.0, 0.0, 0.0], [np.nan, np.nan, np.nan], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    out = vector_features(np.array([1.0, 0.2, 0.0]), vectors)
+    out = vector_features(np.array([1.0, 0.2, 0.0]), vectors, len(vectors))
     assert out[1, COLUMN["dense_centered"]] == out[[0, 2, 3], COLUMN["dense_centered"]].min()
     assert out[1, COLUMN["like_top1"] :].tolist() == [0.0] * 4
     assert not np.isnan(out).any()
-    assert vector_features(None, vectors).tolist() == np.zeros((4, len(VECTOR_FEATURES))).tolist()
-    assert vector_features(np.ones(3), np.full((2, 3), np.nan)).tolist() == [[0.0] * 7] * 2
+    no_model = np.zeros((4, len(VECTOR_FEATURES))).tolist()  # a lexical-only retrieve: no vectors
+    assert vector_features(None, None, 4).tolist() == no_model
+    assert vector_features(None, vectors, 4).tolist() == no_model
+    assert vector_features(np.ones(3), np.full((2, 3), np.nan), 2).tolist() == [[0.0] * 7] * 2
+    with pytest.raises(ValueError, match="3 vectors for 4 candidates"):
+        vector_features(np.ones(3), vectors[:3], 4)
 
 
 @pytest.mark.parametrize(
