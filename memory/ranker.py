@@ -153,7 +153,11 @@ BOT_PREFIX = "\nBot: "
 
 def person_part(memory: Memory) -> str:
     """What the person said: an exchange memory without the bot's reply."""
-    return memory.text.split(BOT_PREFIX, 1)[0] if memory.kind == "exchange" else memory.text
+    return _person_text(memory.text, memory.kind)
+
+
+def _person_text(text: str, kind: str) -> str:
+    return text.split(BOT_PREFIX, 1)[0] if kind == "exchange" else text
 
 
 def _stem(word: str) -> str:
@@ -173,9 +177,8 @@ class _Text:
     words: int
 
 
-@functools.lru_cache(maxsize=65_536)
 def _analyse(text: str) -> _Text:
-    """What the features need of one memory's person part (cached: memories recur across queries)."""
+    """What the features need of one memory's person part (``_analyse_memory`` caches it)."""
     match = _SPEAKER.match(text)
     speaker = match.group(1).strip() if match and len(match.group(1).split()) <= 3 else None
     body = text[match.end() :] if speaker and match else text
@@ -197,8 +200,9 @@ def _analyse(text: str) -> _Text:
 
 @functools.lru_cache(maxsize=65_536)
 def _analyse_memory(text: str, kind: str) -> _Text:
-    """``_analyse`` of a memory's person part, cached by its text and kind."""
-    return _analyse(text.split(BOT_PREFIX, 1)[0] if kind == "exchange" else text)
+    """``_analyse`` of a memory's person part, cached by its text and kind (memories recur
+    across queries)."""
+    return _analyse(_person_text(text, kind))
 
 
 def forget_cached_texts() -> None:
@@ -207,13 +211,12 @@ def forget_cached_texts() -> None:
     process's caches. Refilled by the next queries: one analysis costs about 10 microseconds.
     (Another process's erasure does not reach this one's caches: they empty themselves as
     other texts push the forgotten ones out.)"""
-    _analyse.cache_clear()
     _analyse_memory.cache_clear()
 
 
 def cached_texts() -> int:
     """How many memory texts have an analysis cached (``forget_cached_texts`` empties it)."""
-    return _analyse.cache_info().currsize + _analyse_memory.cache_info().currsize
+    return _analyse_memory.cache_info().currsize
 
 
 def is_only_question(memory: Memory) -> bool:
