@@ -40,7 +40,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,14 @@ from memory.ranker import (
     FEATURES,
     MODEL_FEATURES,
     POOL_SIZE,
+    PRINCIPAL_COLUMNS,
     Pool,
     RankerModel,
     expand,
     final_order,
     weights_path,
 )
+from memory.ranker_basis import Basis, principal_features
 from memory.ranker_trees import Forest
 from memory.records import Memory
 from memory.retrieval import Retriever
@@ -135,9 +137,12 @@ async def query_vectors(texts: Sequence[str], cache: Path, settings: Any, model:
     return vectors
 
 
-async def pools(data: Path, cache: Path, model: str | None = None) -> tuple[list[Sample], float]:
-    """Every question's candidate pool and features, from the shipped retrieval code, and the
-    CPU milliseconds per query of computing the features (``model``: encoder.model)."""
+async def pools(
+    data: Path, cache: Path, model: str | None = None
+) -> tuple[list[Sample], float, dict[str, np.ndarray]]:
+    """Every question's candidate pool and features (principal columns 0: ``Folds`` fills them),
+    the CPU milliseconds per query of computing the features (``model``: encoder.model), and
+    every conversation's memory vectors (one row per memory) for the basis."""
     settings = _settings(model)
     folder = await cached_database(data, cache, settings)
     _, questions = load(data, None)
@@ -150,6 +155,7 @@ async def pools(data: Path, cache: Path, model: str | None = None) -> tuple[list
         vectors = await query_vectors([q.text for q in questions], cache, settings, model)
         retriever = Retriever(store, settings.retrieval, _inline)
         indexes: dict[str, PerUserIndex] = {}
+        matrices: dict[str, np.ndarray] = {}
         for q, vector in zip(questions, vectors, strict=True):
             if q.user not in indexes:
                 rows = await store.embeddings_for(await store.memory_ids(q.user))
@@ -157,6 +163,7 @@ async def pools(data: Path, cache: Path, model: str | None = None) -> tuple[list
                 matrix = np.vstack([np.frombuffer(r[2], np.float32) for r in rows])
                 index.add(q.user, [r[0] for r in rows], matrix)
                 indexes[q.user] = index
+                matrices[q.user] = matrix
 
             async def embed(v: np.ndarray = vector) -> np.ndarray:
                 return v
@@ -167,7 +174,49 @@ async def pools(data: Path, cache: Path, model: str | None = None) -> tuple[list
             x = pool.features()
             features_cpu += time.process_time() - cpu
             samples.append(Sample(q, x, ids, pool.memories, pool))
-    return samples, 1000 * features_cpu / max(1, len(samples))
+    return samples, 1000 * features_cpu / max(1, len(samples)), matrices
+
+
+@dataclass(frozen=True)
+class Folds:
+    """The conversations' pools, and the basis each fold is allowed to see.
+
+    The principal columns depend on a basis fitted on memory vectors (memory/ranker_basis.py):
+    leave-one-conversation-out, each fold fits its basis on the four training conversations'
+    vectors only, and fills every pool's columns from it; the shipped model's basis is fitted
+    on all five.
+    """
+
+    samples: list[Sample]
+    vectors: dict[str, np.ndarray]
+    model: str  # encoder.model of stage 1
+
+    def users(self) -> list[str]:
+        return sorted({s.question.user for s in self.samples})
+
+    def projected(self, users: Sequence[str]) -> tuple[Basis, list[Sample]]:
+        """The basis of these conversations' vectors, and every pool with its columns from it."""
+        basis = Basis.fit(self.model, np.vstack([self.vectors[u] for u in users]))
+        filled = []
+        for s in self.samples:
+            x = s.x.copy()
+            x[:, PRINCIPAL_COLUMNS] = principal_features(basis, s.pool.vectors, len(s.ids))
+            filled.append(replace(s, x=x))
+        return basis, filled
+
+    def split(self) -> Iterator[tuple[str, list[Sample], list[int], list[Sample]]]:
+        """Per held-out conversation: its name, the training pools, the held-out positions, and
+        every pool as that fold sees it (positions index ``samples``)."""
+        users = self.users()
+        for user in users:
+            _, seen = self.projected([u for u in users if u != user])
+            train = [s for s in seen if s.question.user != user]
+            test = [i for i, s in enumerate(seen) if s.question.user == user]
+            yield user, train, test, seen
+
+    def whole(self) -> tuple[Basis, list[Sample]]:
+        """The shipped model's basis (every conversation) and the pools under it."""
+        return self.projected(self.users())
 
 
 def fit(samples: Sequence[Sample], c: float) -> RankerModel:
@@ -189,17 +238,14 @@ def rerank(model: RankerModel, samples: Sequence[Sample]) -> list[list[str]]:
     return [[s.ids[i] for i in final_order(s.memories, s.x, model.scores(s.x))] for s in samples]
 
 
-def loco(samples: Sequence[Sample], c: float) -> list[list[str]]:
+def loco(folds: Folds, c: float) -> list[list[str]]:
     """Leave-one-conversation-out orders: every conversation ranked by a model fitted on the others."""
-    users = sorted({s.question.user for s in samples})
     orders: dict[int, list[str]] = {}
-    for user in users:
-        train = [s for s in samples if s.question.user != user]
-        test = [i for i, s in enumerate(samples) if s.question.user == user]
+    for _, train, test, seen in folds.split():
         model = fit(train, c)
-        for i, order in zip(test, rerank(model, [samples[i] for i in test]), strict=True):
+        for i, order in zip(test, rerank(model, [seen[i] for i in test]), strict=True):
             orders[i] = order
-    return [orders[i] for i in range(len(samples))]
+    return [orders[i] for i in range(len(folds.samples))]
 
 
 # LambdaMART (LightGBM, at training time only): small trees, many of them, bagged; chosen
@@ -262,36 +308,33 @@ def calibrate(model: RankerModel, logits: np.ndarray, labels: np.ndarray) -> Ran
     return replace(model, combine=(k * a, k * b, c))
 
 
-def loco_stacked(
-    samples: Sequence[Sample], c: float, seed: int = 0
-) -> tuple[dict[str, list[list[str]]], np.ndarray]:
+def loco_stacked(folds: Folds, c: float, seed: int = 0) -> tuple[dict[str, list[list[str]]], np.ndarray]:
     """Leave-one-conversation-out orders of the trees alone and of the stack, and the stack's
     out-of-fold logits (every row, in sample order)."""
     orders: dict[str, dict[int, list[str]]] = {"lambdamart": {}, "stacked": {}}
     logits: dict[int, np.ndarray] = {}
-    for user in sorted({s.question.user for s in samples}):
-        train = [s for s in samples if s.question.user != user]
+    for user, train, test, seen in folds.split():
         _log(f"  trees without {user} ...")
         model = stacked(fit(train, c), fit_trees(train, seed), train)
         assert model.trees is not None
-        for i, s in enumerate(samples):
-            if s.question.user == user:
-                logits[i] = model.logits(s.x)
-                orders["stacked"][i] = [s.ids[j] for j in final_order(s.memories, s.x, logits[i])]
-                raw = model.trees.predict(s.x)
-                orders["lambdamart"][i] = [s.ids[j] for j in final_order(s.memories, s.x, raw)]
-    found = {name: [got[i] for i in range(len(samples))] for name, got in orders.items()}
-    return found, np.concatenate([logits[i] for i in range(len(samples))])
+        for i in test:
+            s = seen[i]
+            logits[i] = model.logits(s.x)
+            orders["stacked"][i] = [s.ids[j] for j in final_order(s.memories, s.x, logits[i])]
+            raw = model.trees.predict(s.x)
+            orders["lambdamart"][i] = [s.ids[j] for j in final_order(s.memories, s.x, raw)]
+    count = len(folds.samples)
+    found = {name: [got[i] for i in range(count)] for name, got in orders.items()}
+    return found, np.concatenate([logits[i] for i in range(count)])
 
 
-def loco_with_gbm(samples: Sequence[Sample], c: float) -> dict[str, list[list[str]]]:
+def loco_with_gbm(folds: Folds, c: float) -> dict[str, list[list[str]]]:
     """Leave-one-conversation-out orders of a gradient-boosted model and of the mean of its
     probability and the logistic regression's (the issue's ensemble; measured, not shipped)."""
     from sklearn.ensemble import HistGradientBoostingClassifier  # type: ignore[import-untyped]
 
     orders: dict[str, dict[int, list[str]]] = {"gbm": {}, "mean_lr_gbm": {}}
-    for user in sorted({s.question.user for s in samples}):
-        train = [s for s in samples if s.question.user != user]
+    for _, train, test, seen in folds.split():
         y = np.concatenate([[i in s.question.evidence for i in s.ids] for s in train]).astype(int)
         gbm = HistGradientBoostingClassifier(
             max_iter=300,
@@ -302,12 +345,12 @@ def loco_with_gbm(samples: Sequence[Sample], c: float) -> dict[str, list[list[st
             random_state=0,
         ).fit(np.vstack([s.x for s in train]), y)
         lr = fit(train, c)
-        for i, s in enumerate(samples):
-            if s.question.user == user:
-                p_gbm = gbm.predict_proba(s.x)[:, 1]
-                for name, scores in (("gbm", p_gbm), ("mean_lr_gbm", (p_gbm + lr.scores(s.x)) / 2)):
-                    orders[name][i] = [s.ids[j] for j in final_order(s.memories, s.x, scores)]
-    return {name: [found[i] for i in range(len(samples))] for name, found in orders.items()}
+        for i in test:
+            s = seen[i]
+            p_gbm = gbm.predict_proba(s.x)[:, 1]
+            for name, scores in (("gbm", p_gbm), ("mean_lr_gbm", (p_gbm + lr.scores(s.x)) / 2)):
+                orders[name][i] = [s.ids[j] for j in final_order(s.memories, s.x, scores)]
+    return {name: [found[i] for i in range(len(folds.samples))] for name, found in orders.items()}
 
 
 def _table(samples: Sequence[Sample], orders: Sequence[list[str]]) -> dict[str, dict[str, Any]]:
@@ -329,7 +372,7 @@ def ranker_cost(model: RankerModel, samples: Sequence[Sample]) -> dict[str, floa
         return round(sorted(runs)[1], 3)
 
     cost = {
-        "features": per_query(lambda s: s.pool.features()),
+        "features": per_query(lambda s: s.pool.features(model.basis)),
         "scores": per_query(lambda s: model.scores(s.x)),
         "order": per_query(lambda s: final_order(s.memories, s.x, model.scores(s.x))),
     }
@@ -354,14 +397,17 @@ async def measure(
     LOCO Recall@10 beats the logistic regression's and category 5 stays within 0.01 of it.
     """
     started = time.perf_counter()
-    samples, features_ms = await pools(data, cache, encoder_model)
-    _log(f"{len(samples)} pools in {time.perf_counter() - started:.1f} s")
-    by_c = {c: _table(samples, loco(samples, c)) for c in C_GRID}
+    pooled, features_ms, vectors = await pools(data, cache, encoder_model)
+    _log(f"{len(pooled)} pools in {time.perf_counter() - started:.1f} s")
+    stage1 = encoder_model or load_settings().encoder.model
+    folds = Folds(pooled, vectors, stage1)
+    by_c = {c: _table(pooled, loco(folds, c)) for c in C_GRID}
     best_c = max(C_GRID, key=lambda c: by_c[c]["overall"]["recall@10"])
-    model = fit(samples, best_c)
+    basis, samples = folds.whole()
+    model = replace(fit(samples, best_c), basis=basis)
     loco_tables = {"logistic": by_c[best_c]}
     if kind != "logistic":
-        orders, logits = loco_stacked(samples, best_c)
+        orders, logits = loco_stacked(folds, best_c)
         loco_tables |= {name: _table(samples, found) for name, found in orders.items()}
         wins = (
             _r10(loco_tables["stacked"]) > _r10(loco_tables["logistic"])
@@ -372,7 +418,7 @@ async def measure(
     shipped = "logistic" if model.trees is None else "stacked"
     report = {
         "dataset": str(data),
-        "model": encoder_model or load_settings().encoder.model,
+        "model": stage1,
         "questions": len(samples),
         "pool": POOL_SIZE,
         "features": len(FEATURES),
@@ -388,22 +434,22 @@ async def measure(
         **{f"{name}_loco": table for name, table in loco_tables.items()},
     }
     if seeds > 1 and model.trees is not None:
-        report["stacked_loco_by_seed"] = seed_spread(samples, best_c, seeds, _r10(loco_tables["stacked"]))
+        report["stacked_loco_by_seed"] = seed_spread(folds, best_c, seeds, _r10(loco_tables["stacked"]))
     if ensemble:
-        for name, found in loco_with_gbm(samples, best_c).items():
+        for name, found in loco_with_gbm(folds, best_c).items():
             report[f"{name}_loco"] = _table(samples, found)
     check = np.vstack([s.x[:4] for s in samples[:: max(1, len(samples) // 8)]])
     return model, report, check
 
 
-def seed_spread(samples: Sequence[Sample], c: float, seeds: int, first: float) -> dict[str, Any]:
+def seed_spread(folds: Folds, c: float, seeds: int, first: float) -> dict[str, Any]:
     """The stack's LOCO Recall@10 with LightGBM seeds 0..seeds-1 (``first``: seed 0's, measured
     already). The bagged trees move it by several thousandths from seed to seed: the spread
     says how much of a difference between two settings is noise."""
     found = [first]
     for seed in range(1, seeds):
         _log(f" seed {seed} ...")
-        found.append(_r10(_table(samples, loco_stacked(samples, c, seed)[0]["stacked"])))
+        found.append(_r10(_table(folds.samples, loco_stacked(folds, c, seed)[0]["stacked"])))
     return {"recall@10": found, "mean": round(float(np.mean(found)), 4), "min": min(found), "max": max(found)}
 
 

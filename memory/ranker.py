@@ -31,13 +31,14 @@ import numpy as np
 from memory import models
 from memory.errors import ConfigError
 from memory.lexical import STOP_WORDS, words
+from memory.ranker_basis import PRINCIPAL_FEATURES, Basis, principal_features
 from memory.ranker_trees import Forest
 from memory.ranker_vectors import QUESTION_FEATURES, VECTOR_FEATURES, question_features, vector_features
 from memory.records import Memory
 
 PACKAGE = Path(__file__).resolve().parent
 WEIGHTS_FILE = PACKAGE / models.DEFAULT.ranker_weights
-FORMAT = 3
+FORMAT = 4
 POOL_SIZE = 60  # the fusion's top 60 hold about 0.90 of locomo-dev's evidence
 EXACT = 0.98  # a cosine this close: the memory says what the query says
 
@@ -95,10 +96,13 @@ FEATURES: tuple[str, ...] = (
     # The candidates' vectors and the kind of question (memory/ranker_vectors.py).
     *VECTOR_FEATURES,
     *QUESTION_FEATURES,
+    # The candidate's place in the embedding model's main directions (memory/ranker_basis.py).
+    *PRINCIPAL_FEATURES,
 )
 _SESSION_COLUMNS = slice(35, 48)
 _VECTOR_COLUMNS = slice(48, 48 + len(VECTOR_FEATURES))
-_QUESTION_COLUMNS = slice(_VECTOR_COLUMNS.stop, len(FEATURES))
+_QUESTION_COLUMNS = slice(_VECTOR_COLUMNS.stop, _VECTOR_COLUMNS.stop + len(QUESTION_FEATURES))
+PRINCIPAL_COLUMNS = slice(_QUESTION_COLUMNS.stop, len(FEATURES))
 
 # The model is linear in these and in the pairwise products of the ones below (66 more
 # terms): a product lets, say, a "when" question weigh the dense score differently, or the
@@ -175,9 +179,13 @@ class _Text:
     only_question: bool
     caption: bool
     words: int
+    constant: tuple[float, ...]  # its columns that do not depend on the query (28-34)
 
 
-def _analyse(text: str) -> _Text:
+_KINDS = ("exchange", "fact", "note")
+
+
+def _analyse(text: str, kind: str) -> _Text:
     """What the features need of one memory's person part (``_analyse_memory`` caches it)."""
     match = _SPEAKER.match(text)
     speaker = match.group(1).strip() if match and len(match.group(1).split()) <= 3 else None
@@ -185,16 +193,21 @@ def _analyse(text: str) -> _Text:
     said = body.split(" (photo:", 1)[0]
     sentences = [s.strip() for s in _SENTENCE.findall(said) if s.strip()]
     found = words(body)
+    is_question = "?" in said
+    only_question = bool(sentences) and all(s.endswith("?") for s in sentences)
+    caption = "(photo:" in body
+    kinds = tuple(float(kind == name) for name in _KINDS)
     return _Text(
         speaker,
         frozenset(_stem(w) for w in found if w not in STOP_WORDS),
         frozenset(w.casefold() for w in _CAPITAL.findall(body)) - STOP_WORDS,
         frozenset(_NUMBER.findall(body)),
         bool(_TIME.search(body)),
-        "?" in said,
-        bool(sentences) and all(s.endswith("?") for s in sentences),
-        "(photo:" in body,
+        is_question,
+        only_question,
+        caption,
         len(found),
+        (float(is_question), float(only_question), float(caption), math.log1p(len(found)), *kinds),
     )
 
 
@@ -202,7 +215,7 @@ def _analyse(text: str) -> _Text:
 def _analyse_memory(text: str, kind: str) -> _Text:
     """``_analyse`` of a memory's person part, cached by its text and kind (memories recur
     across queries)."""
-    return _analyse(_person_text(text, kind))
+    return _analyse(_person_text(text, kind), kind)
 
 
 def forget_cached_texts() -> None:
@@ -259,8 +272,9 @@ class Pool:
     query_vector: np.ndarray | None = None
     vectors: np.ndarray | None = None
 
-    def features(self) -> np.ndarray:
-        """One row of ``FEATURES`` per candidate (float64)."""
+    def features(self, basis: Basis | None = None) -> np.ndarray:
+        """One row of ``FEATURES`` per candidate (float64); ``basis``: the ranker's, for the
+        principal columns (None: they stay 0)."""
         n = len(self.memories)
         out = np.zeros((n, len(FEATURES)))
         if n == 0:
@@ -279,17 +293,17 @@ class Pool:
         speakers = {t.speaker.casefold() for t in texts if t.speaker}
         named = speakers & q.words
         one_named = len(named) == 1
-        kinds = ("exchange", "fact", "note")
+        asked_capitals = q.capitals - speakers  # a speaker's name is not a shared capital
+        dated = bool(q.years or q.months)
         rows = []  # columns 17-34, written at once: a numpy row write per value costs more
         for i, (memory, t) in enumerate(zip(self.memories, texts, strict=True)):
             nxt, prv = self.following[i], self.previous[i]
-            has_speaker = one_named and bool(t.speaker)
-            own = has_speaker and (t.speaker or "").casefold() in named
-            other = has_speaker and not own
-            capitals = len((t.capitals - speakers) & q.capitals)
+            own = other = False
+            if one_named and t.speaker:
+                own = t.speaker.casefold() in named
+                other = not own
+            capitals = len(t.capitals & asked_capitals)
             numbers = len(t.numbers & q.numbers)
-            kind = [0.0, 0.0, 0.0]
-            kind[kinds.index(memory.kind)] = 1.0
             rows.append(
                 (
                     covered[memory.id],
@@ -298,16 +312,12 @@ class Pool:
                     float(own),
                     float(other),
                     float(q.when and t.has_time),
-                    q.date_match(memory.created_at),
+                    q.date_match(memory.created_at) if dated else 0.0,
                     capitals,
                     numbers,
                     capitals * q.where_who,
                     numbers * q.how_many,
-                    float(t.is_question),
-                    float(t.only_question),
-                    float(t.caption),
-                    math.log1p(t.words),
-                    *kind,
+                    *t.constant,
                 )
             )
         out[:, 17:35] = rows
@@ -315,6 +325,7 @@ class Pool:
         out[:, _SESSION_COLUMNS] = session_features(self.memories, *shares, self.session_gap_minutes)
         out[:, _VECTOR_COLUMNS] = vector_features(self.query_vector, self.vectors, n)
         out[:, _QUESTION_COLUMNS] = question_features(self.query, out[:, 3])
+        out[:, PRINCIPAL_COLUMNS] = principal_features(basis, self.vectors, n)
         return out
 
     def _stage_one(self, out: np.ndarray, texts: Sequence[_Text]) -> None:
@@ -463,6 +474,7 @@ class RankerModel:
     ``combine`` = (a, b, c) gives the logit a·linear + b·trees + c: the two parts are weighed
     equally after scaling each by its spread, and a and b carry one calibration (fitted on the
     out-of-fold scores) so the result stays a probability the responder can threshold.
+    ``basis`` gives the principal columns of the features (``basis_for``).
     """
 
     names: tuple[str, ...]
@@ -472,6 +484,13 @@ class RankerModel:
     bias: float
     trees: Forest | None = None
     combine: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    basis: Basis | None = None
+
+    def basis_for(self, encoder_model: str) -> Basis | None:
+        """The basis for vectors of ``encoder_model``; None when the model was trained on
+        another model's vectors (a custom model borrowing the default's weights): its
+        principal columns then stay 0, the mean's coordinates, and the rest still ranks."""
+        return self.basis if self.basis is not None and self.basis.serves(encoder_model) else None
 
     @property
     def kind(self) -> str:
@@ -504,6 +523,8 @@ class RankerModel:
             "weights": [round(float(v), 8) for v in self.weights],
             "bias": round(self.bias, 8),
         }
+        if self.basis is not None:
+            data["basis"] = self.basis.to_json()
         if self.trees is not None:
             data["tree_features"] = list(FEATURES)
             data["trees"] = self.trees.to_json()
@@ -532,6 +553,7 @@ def load_model(path: Path = WEIGHTS_FILE) -> RankerModel:
         trees = Forest.from_json(data["trees"]) if "trees" in data else None
         combine = tuple(float(v) for v in data.get("combine", (1.0, 0.0, 0.0)))
         tree_features = tuple(data.get("tree_features", FEATURES))
+        basis = Basis.from_json(data["basis"]) if "basis" in data else None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot read the reranker's weights {path}: {exc}; {hint}") from exc
     stale = fmt != FORMAT or names != MODEL_FEATURES or any(a.shape != (len(names),) for a in arrays)
@@ -540,7 +562,7 @@ def load_model(path: Path = WEIGHTS_FILE) -> RankerModel:
     if stale:
         raise ConfigError(f"the reranker's weights {path} do not match this version's features; {hint}")
     a, b, c = combine
-    return RankerModel(names, arrays[0], arrays[1], arrays[2], bias, trees, (a, b, c))
+    return RankerModel(names, arrays[0], arrays[1], arrays[2], bias, trees, (a, b, c), basis)
 
 
 def final_order(memories: Sequence[Memory], features: np.ndarray, scores: np.ndarray) -> list[int]:

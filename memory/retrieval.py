@@ -16,7 +16,7 @@ fusion 0.57, min-max linear fusion 0.68, and this pipeline 0.77:
 Reciprocal rank fusion loses here because it throws away how far ahead the best match is.
 
 That fusion is stage one. By default (``retrieval.reranker``) its top 60 are re-scored by the
-learned ranker of memory/ranker.py (Recall@10 0.839 leave-one-conversation-out on locomo-dev,
+learned ranker of memory/ranker.py (Recall@10 0.840 leave-one-conversation-out on locomo-dev,
 from 0.770), and what the person only asked the bot is set after every statement.
 """
 
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from memory import models
 from memory.encoder import Vectors
 from memory.index import PerUserIndex
 from memory.lexical import query_terms
@@ -162,6 +163,7 @@ class Retriever:
         self._model: RankerModel | None = (
             load_model(weights_path(encoder_model)) if settings.reranker else None
         )
+        self._basis = self._model.basis_for(encoder_model or models.DEFAULT.name) if self._model else None
 
     async def retrieve(
         self,
@@ -181,7 +183,7 @@ class Retriever:
             return await self._materialise(stage.ranked, user_id, k, kinds, weights, scopes)
         pool = await self.pool(index, user_id, query, embed_query, kinds, max(k, POOL_SIZE), scopes)
         now = datetime.now(UTC)
-        features = pool.features()
+        features = pool.features(self._basis)
         scores = self._model.scores(features) * np.array(
             [recency_factor(m.created_at, now, weights) for m in pool.memories]
         )
