@@ -122,7 +122,17 @@ class PerUserIndex:
         return 0 if shard is None else int(shard.ntotal)
 
     def add(self, user_id: str, ids: Sequence[int], vectors: npt.NDArray[np.float32]) -> None:
-        fresh = [i for i, mid in enumerate(ids) if mid not in self._owner]
+        """Add the vectors of ids not held yet; an id given twice in one call is added once.
+
+        Why once: FAISS keeps a repeated id as two entries, while the owner map counts it
+        once, so the saved index would hold one vector more than its watermark says and the
+        next load (and ``verify``) would refuse the file."""
+        fresh: list[int] = []
+        seen: set[int] = set()
+        for i, mid in enumerate(ids):
+            if mid not in self._owner and mid not in seen:
+                seen.add(mid)
+                fresh.append(i)
         if not fresh:
             return
         shard = self._shards.get(user_id)

@@ -147,3 +147,20 @@ def test_search_scored_agrees_with_faiss_search_and_holds_only_the_users_scores(
     else:
         assert known == dict(top)
     assert index.search_scored("carol", query, 5) == ([], 0.0, {})
+
+
+def test_an_id_given_twice_in_one_add_is_held_once_and_the_saved_file_loads(tmp_path: Path) -> None:
+    """FAISS would keep both entries while the owner map counts one: the file would hold one
+    vector more than its watermark, and every later load (and `verify`) would refuse it."""
+    rng = np.random.default_rng(4)
+    index = PerUserIndex(8, "hashing")
+    first, again = normalise(rng.normal(size=(2, 8)).astype(np.float32))
+    index.add("ana", [7, 7, 9], np.vstack([first, again, first]))
+    index.add("ana", [9], again[None, :])  # held already: not added a second time either
+    assert len(index) == 2 and index.count("ana") == 2
+    assert np.allclose(index.vectors_of("ana", [7]), first[None, :], atol=1e-6)  # the first kept
+    path = tmp_path / INDEX_NAME
+    mark = index.save(path)
+    assert mark.count == 2
+    loaded = PerUserIndex.load(path, {7: "ana", 9: "ana"}, "hashing")
+    assert len(loaded) == 2 and loaded.count("ana") == 2
